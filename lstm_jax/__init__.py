@@ -5,6 +5,7 @@ sequence layer, stacks/bidirectional/dropout, and batched entry points built wit
 ``jax.vmap``. Nothing here is jitted for you: jit at the outermost level.
 """
 
+from lstm_jax import interop  # noqa: F401  (imports torch/flax/keras only inside its functions)
 from lstm_jax.cells import (
     GRUParams,
     LSTMCarry,
@@ -31,6 +32,7 @@ __all__ = [
     "RNNParams",
     "StackParams",
     "gru",
+    "interop",
     "gru_step",
     "init_gru",
     "init_gru_cell",

@@ -213,11 +213,16 @@ def init_rnn_cell(key: PRNGKey, input_size: int, hidden_size: int, *, dtype: DTy
 
 
 # --------------------------------------------------------------------------- LSTM math
+def _along_last(v: Array, like: Array) -> Array:
+    """``v: [n]`` broadcast explicitly to ``like: [..., n]`` (no implicit rank promotion)."""
+    return jnp.broadcast_to(v.astype(like.dtype), like.shape)
+
+
 def _layer_norm(z: Array, scale: Array, bias: Optional[Array] = None) -> Array:
     mean = jnp.mean(z, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
-    out = (z - mean) * jax.lax.rsqrt(var + _LN_EPS) * scale.astype(z.dtype)
-    return out if bias is None else out + bias.astype(z.dtype)
+    out = (z - mean) * jax.lax.rsqrt(var + _LN_EPS) * _along_last(scale, z)
+    return out if bias is None else out + _along_last(bias, z)
 
 
 def lstm_input_projection(params: LSTMParams, x: Array) -> Array:
@@ -225,7 +230,7 @@ def lstm_input_projection(params: LSTMParams, x: Array) -> Array:
     zx = x.astype(params.w_x.dtype) @ params.w_x
     if params.ln is not None:
         zx = _layer_norm(zx.astype(carry_dtype(params)), params.ln.scale_x)
-    return zx + params.b.astype(zx.dtype)
+    return zx + _along_last(params.b, zx)
 
 
 def lstm_recurrence(
@@ -291,7 +296,7 @@ def lstm_zero_carry(params: LSTMParams) -> LSTMCarry:
 def gru_input_projection(params: GRUParams, x: Array) -> Array:
     """``x: [..., d_in] -> zx: [..., 3*d_h]`` = ``x W_x + b_x``."""
     zx = x.astype(params.w_x.dtype) @ params.w_x
-    return zx + params.b_x.astype(zx.dtype)
+    return zx + _along_last(params.b_x, zx)
 
 
 def gru_recurrence(
@@ -332,7 +337,7 @@ def gru_zero_carry(params: GRUParams) -> Array:
 def rnn_input_projection(params: RNNParams, x: Array) -> Array:
     """``x: [..., d_in] -> zx: [..., d_h]`` = ``x W_x + b``."""
     zx = x.astype(params.w_x.dtype) @ params.w_x
-    return zx + params.b.astype(zx.dtype)
+    return zx + _along_last(params.b, zx)
 
 
 def rnn_recurrence(
