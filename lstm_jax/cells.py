@@ -109,7 +109,9 @@ class RNNParams(NamedTuple):
 
 def carry_dtype(params) -> DType:
     """The dtype the carry is kept in: float32, or wider if the recurrent weights are wider."""
-    return jnp.promote_types(params.w_h.dtype, jnp.float32)
+    # not jnp.promote_types: under jax.numpy_dtype_promotion("strict") it raises for bf16/f64 vs f32
+    dt = jnp.dtype(params.w_h.dtype)
+    return dt if dt.itemsize > 4 else jnp.dtype(jnp.float32)
 
 
 # --------------------------------------------------------------------------- init

@@ -37,6 +37,12 @@ def reverse_valid_prefix(xs: PyTree, length: Optional[Array]) -> PyTree:
     return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), xs)
 
 
+def _zero_where_invalid(valid: Array, x):
+    """Padding inputs replaced by zeros, so NaN/inf junk there cannot reach the gradients
+    through the (discarded) computation of the padded steps."""
+    return jax.tree_util.tree_map(lambda a: jnp.where(valid, a, jnp.zeros_like(a)), x)
+
+
 def _freeze_past_length(valid: Array, new_carry, old_carry, y):
     """Keep ``old_carry`` and zero ``y`` where ``valid`` is False."""
     carry = jax.tree_util.tree_map(lambda n, o: jnp.where(valid, n, o), new_carry, old_carry)
@@ -81,8 +87,9 @@ def scan_sequence(
 
     def masked_step(c, inputs):
         x, s = inputs
-        new_c, y = step(c, x)
-        return _freeze_past_length(s < length, new_c, c, y)
+        valid = s < length
+        new_c, y = step(c, _zero_where_invalid(valid, x))
+        return _freeze_past_length(valid, new_c, c, y)
 
     carry, ys = jax.lax.scan(masked_step, carry, (xs, jnp.arange(t)), unroll=unroll)
     if reverse:
@@ -121,6 +128,9 @@ def scan_cell(
     """
     if hoist < 0:
         raise ValueError(f"expected hoist >= 0, got {hoist}")
+    if length is not None and hoist > 0:
+        # the hoisted projection also sees the padding: zero it first (NaN junk -> NaN grads)
+        xs = _zero_where_invalid((jnp.arange(xs.shape[0]) < length)[:, None], xs)
     if hoist == 0:
 
         def step(c, x):

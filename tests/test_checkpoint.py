@@ -116,7 +116,6 @@ def test_partial_save_is_invisible_and_wrong_tree_rejected(tmp_path):
 def test_sigkill_or_ctrl_c_then_resume_is_bit_identical(tmp_path):
     ckpt = tmp_path / "ckpt"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
     # the run to be killed goes in a subprocess while this process computes the uninterrupted reference
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(ckpt), "--kill-at", "7"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
