@@ -313,6 +313,29 @@ def _validate(params: StackParams, xs, lengths, initial_state) -> None:
 
 
 # --------------------------------------------------------------------------- batched API
+_FUSED_IMPLS = {"fused": "gates", "fused_recompute": "recompute", "fused_checkpoint": "checkpoint"}
+IMPLS = ("scan", "auto") + tuple(_FUSED_IMPLS)
+
+
+def _fused_memory(params: StackParams, impl: str, compute_dtype) -> Optional[str]:
+    """The ``fused.lstm_layer`` memory mode ``impl`` asks for, or None for the vmapped scan."""
+    if impl not in IMPLS:
+        raise ValueError(f"expected impl in {IMPLS}, got {impl!r}")
+    if impl == "scan":
+        return None
+    from lstm_jax.fused import unfusable_reason
+
+    reasons = [r for layer in params.layers for p in layer if (r := unfusable_reason(p, compute_dtype))]
+    if impl == "auto":
+        return None if reasons else "gates"
+    if reasons:
+        raise ValueError(
+            f"expected plain LSTM params (no peephole, layer_norm, proj_size or compute_dtype) for impl={impl!r}, "
+            f"got {reasons[0]}; use impl='scan' or impl='auto'"
+        )
+    return _FUSED_IMPLS[impl]
+
+
 def _batched(
     params: StackParams,
     xs: Array,
@@ -326,11 +349,21 @@ def _batched(
     unroll: int = 1,
     hoist: int = 0,
     compute_dtype=None,
+    impl: str = "scan",
 ):
     _validate(params, xs, lengths, initial_state)
     for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"expected {name} in [0, 1), got {rate}")
+    memory = _fused_memory(params, impl, compute_dtype)
+    if memory is not None:
+        from lstm_jax.fused import fused_stack
+
+        return fused_stack(
+            params, xs, lengths=lengths, initial_state=initial_state, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
+            dropout_key=dropout_key, unroll=unroll, hoist=hoist, memory=memory,
+        )
     b = xs.shape[0]
 
     def one(x, length, state, key):
@@ -360,6 +393,11 @@ _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack
       unroll: scan unroll factor.
       hoist: input projection chunk size (0 = inside each step; see ``scan.scan_cell``).
       compute_dtype: optional matmul dtype (e.g. ``jnp.bfloat16``); carry and ``ys`` stay float32.
+      impl: ``"scan"`` (default): ``jax.vmap`` of the per-example scan, differentiated by
+        autodiff. ``"fused"``: plain LSTMs only, the batch-level custom-VJP layer of
+        ``lstm_jax.fused`` (same results, faster training); ``"fused_recompute"`` and
+        ``"fused_checkpoint"`` are its memory-saving modes. ``"auto"``: ``"fused"`` when the
+        params allow it, else ``"scan"``.
 
     Returns:
       ``(ys: [b, t, D*d_out], final_state)``, final-state leaves ``[b, L, D, d]``.
@@ -384,6 +422,7 @@ def _entry_point(cell: CellDef, kind: str, state: str):
         unroll: int = 1,
         hoist: int = 0,
         compute_dtype: Optional[DType] = None,
+        impl: str = "scan",
     ) -> tuple[Array, PyTree]:
         got = cell_of(params)
         if got is not cell:
@@ -391,7 +430,7 @@ def _entry_point(cell: CellDef, kind: str, state: str):
         return _batched(
             params, xs, lengths=lengths, initial_state=initial_state, dropout=dropout,
             recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            dropout_key=dropout_key, unroll=unroll, hoist=hoist, compute_dtype=compute_dtype,
+            dropout_key=dropout_key, unroll=unroll, hoist=hoist, compute_dtype=compute_dtype, impl=impl,
         )
 
     entry.__name__ = entry.__qualname__ = cell.name

@@ -1,0 +1,94 @@
+"""The benchmark harness end to end: ``benchmarks/run.py --quick`` writes well-formed results.
+
+This checks the harness (every peer that is installed, floors, sweeps, memory table, report
+and plots), not the timings.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=str(out),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    return out, results, proc.stdout
+
+
+def _installed(name):
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+def test_json_has_every_config_peer_and_floor(quick_run):
+    _, results, _ = quick_run
+    assert results["settings"]["quick"] is True and results["peak_gflops"] > 0
+    assert {e["kind"] for e in results["configs"]} == {"lstm", "gru"}
+    expected = {"ours", "torch", "flax_linen", "flax_nnx"} | ({"equinox"} if _installed("equinox") else set())
+    for e in results["configs"]:
+        peers = set(e["results"])
+        assert expected <= peers, (e["kind"], peers)
+        assert ("ours_fused" in peers) == (e["kind"] == "lstm")
+        for peer, modes in e["results"].items():
+            assert set(modes) == {"fwd", "train"}
+            for m in modes.values():
+                assert len(m["times_ms"]) == results["settings"]["reps"]
+                assert m["min_ms"] <= m["median_ms"] and m["min_ms"] > 0
+        assert set(e["floors"]) == {"chain_ms", "flop_ms"}
+        assert e["floors"]["chain_ms"]["train"] == pytest.approx(2 * e["floors"]["chain_ms"]["fwd"])
+        b, t, d, h = e["cfg"]
+        gates = 4 if e["kind"] == "lstm" else 3
+        flops = 2 * t * b * (d + h) * gates * h  # forward matmul FLOPs, by hand
+        assert e["floors"]["flop_ms"]["fwd"] == pytest.approx(flops / (results["peak_gflops"] * 1e9) * 1e3)
+    if not _installed("equinox"):
+        assert any("equinox" in s for s in results["skipped"])
+
+
+def test_sweeps_and_memory_rows(quick_run):
+    _, results, _ = quick_run
+    params = [s["param"] for s in results["sweeps"]]
+    assert params == ["T", "B", "H", "unroll", "hoist"]
+    for s in results["sweeps"]:
+        for pt in s["points"]:
+            assert "ours_fused" in pt["results"]
+            assert ("ours" in pt["results"]) == (s["param"] in "TBH")  # --quick: knob sweeps time fused only
+    impls = [r["impl"] for r in results["memory"]]
+    assert impls == ["scan", "fused", "fused_recompute", "fused_checkpoint"]
+    by_impl = {r["impl"]: r for r in results["memory"]}
+    assert by_impl["fused_recompute"]["residual_bytes"] <= 1.2 * by_impl["fused_recompute"]["hc_bytes"]
+    assert by_impl["fused_checkpoint"]["residual_bytes"] < by_impl["fused_recompute"]["residual_bytes"]
+    assert all(r["peak_bytes"] > 0 and r["compile_s"] > 0 for r in results["memory"])
+
+
+def test_markdown_table_and_png_plots(quick_run):
+    out, results, stdout = quick_run
+    text = (out / "results.md").read_text()
+    assert text.startswith("# lstm_jax benchmark")
+    for heading in ("## LSTM: milliseconds", "## GRU: milliseconds", "×torch", "×flax linen", "% chain floor",
+                    "Issue-5 targets", "## Sweeps", "## Train-step compile time and memory"):
+        assert heading in text, heading
+    header = next(line for line in text.splitlines() if line.startswith("| config (B, T, D, H)"))
+    rows = [line for line in text.splitlines() if line.startswith("| tiny (4, 16, 4, 8)")]
+    assert len(rows) == 4 and all(r.count("|") == header.count("|") for r in rows[:2])
+    assert results["plots"] and "wrote" in stdout
+    for name in results["plots"]:
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
