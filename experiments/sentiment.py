@@ -1,0 +1,122 @@
+"""Review sentiment (Amazon fine-food reviews, "great" vs other): a bidirectional recurrent
+net over word embeddings learned from scratch, pooled over the valid steps of each review
+(lengths masking), against TF-IDF + logistic regression and the majority class.
+
+    python experiments/sentiment.py
+    python experiments/sentiment.py --cell gru --no-bidirectional
+    python experiments/sentiment.py --quick
+
+Outputs in ``--out``: ``metrics.json``, ``sentiment.png`` (learning curve and accuracies),
+``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import jax
+import numpy as np
+
+from lstm_jax import baselines as B
+from lstm_jax import datasets, train
+from lstm_jax import experiment as E
+
+
+def parse(argv):
+    p = E.make_parser("sentiment", __doc__.splitlines()[0])
+    p.add_argument("--max-len", type=int, default=200, help="tokens kept per review (the first ones)")
+    p.add_argument("--embed", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--no-bidirectional", dest="bidirectional", action="store_false")
+    p.add_argument("--readout", choices=("final", "mean", "max"), default="max")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--embed-init", choices=("random", "ppmi_svd"), default="ppmi_svd",
+                   help="embedding init: random, or SVD of the train texts' word co-occurrence PPMI (no labels)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
+        run(args)
+
+
+def run(args):
+    ds = datasets.fine_food_reviews()
+    epochs, max_len, hidden, train_text, train_y = args.epochs, args.max_len, args.hidden, ds.train_text, ds.train_y
+    if args.quick:
+        epochs, max_len, hidden = 1, 64, 16
+        train_text, train_y = train_text[:800], train_y[:800]
+    train_tokens = [E.tokenize(t) for t in train_text]
+    test_tokens = [E.tokenize(t) for t in ds.test_text]
+    keep, held = E.stratified_split(train_y, args.val_fraction, seed=args.seed)
+    vocab = E.build_vocab([train_tokens[i] for i in keep], min_count=2)
+    x_train, len_train = E.encode_texts(train_tokens, vocab, max_len=max_len)
+    x_test, len_test = E.encode_texts(test_tokens, vocab, max_len=max_len)
+    part = lambda i: {"x": x_train[i], "lengths": len_train[i], "y": train_y[i]}  # noqa: E731
+    train_set, val_set = part(keep), part(held)
+    test_set = {"x": x_test, "lengths": len_test, "y": ds.test_y}
+    config = dict(vars(args), epochs=epochs, max_len=max_len, hidden=hidden, vocab=len(vocab.words),
+                  n_train=len(keep), n_val=len(held), n_test=len(ds.test_y))
+    res = E.Results("sentiment", config)
+
+    acc = lambda p: float(np.mean(np.asarray(p) == ds.test_y))  # noqa: E731
+    res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(train_y, len(ds.test_y))))
+    cs = (10.0,) if args.quick else (0.3, 1.0, 3.0, 10.0, 30.0)  # C by 5-fold CV on train
+    res.add(ds.name, "tfidf_logreg", "accuracy", "test", acc(B.tfidf_logreg(train_text, train_y, ds.test_text, Cs=cs)))
+
+    params = jax.jit(partial(E.init_seq_model, cell=args.cell, input_size=args.embed, hidden_size=hidden, output_size=2,
+                             bidirectional=args.bidirectional, vocab_size=len(vocab.words)))(jax.random.key(args.seed))
+    if args.embed_init == "ppmi_svd":
+        vectors = E.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)  # training texts, no labels
+        params = params._replace(embed=jax.numpy.asarray(vectors))
+    loss_fn = E.make_classifier_loss(readout=args.readout, dropout=args.dropout, recurrent_dropout=args.dropout)
+    steps = epochs * (len(keep) // args.batch_size)
+    optimizer = train.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=min(100, steps // 10), total_steps=steps,
+                                     weight_decay=1e-4)
+    result = train.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs,
+                       batch_size=args.batch_size, seed=args.seed, monitor="val_loss", mode="min", compiled_epoch=True,
+                       progress=not args.no_progress, desc=f"{args.cell} reviews")
+    preds = E.predict_classes(result.params, test_set, readout=args.readout)
+    res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
+    val_hist = [h for h in result.history if "val_accuracy" in h]
+    res.add(ds.name, args.cell, "accuracy", "val", val_hist[max(result.best_epoch, 1) - 1]["val_accuracy"])
+    res.extra = {"best_epoch": result.best_epoch, "history": result.history}
+
+    out = args.out
+    E.save_checkpoint(out, result.params, step=int(result.state.step), meta={"config": config})
+    plot(result.history, res, args.cell, f"{out}/sentiment.png")
+    res.write(out)
+    print(f"fine-food reviews: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test, vocab {len(vocab.words)}, "
+          f"{'bi' if args.bidirectional else ''}{args.cell}({hidden}) {args.readout}-pooled, best epoch "
+          f"{result.best_epoch}/{epochs}")
+    print(res.table())
+    print(f"({res.timer():.0f} s, results in {out})")
+
+
+def plot(history, res, cell, path):
+    plt = E.pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    ax.plot([h["epoch"] for h in history], [h["train_accuracy"] for h in history], label="train")
+    ax.plot([h["epoch"] for h in history if "val_accuracy" in h],
+            [h["val_accuracy"] for h in history if "val_accuracy" in h], "o-", ms=3, label="val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{cell}: learning curve", fontsize=9)
+    rows = [r for r in res.rows if r["split"] == "test"]
+    bx.barh([r["model"] for r in rows], [r["value"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        bx.text(r["value"], i, f" {r['value']:.3f}", va="center", fontsize=8)
+    bx.set_xlim(0.5, 1.0)
+    bx.set_title("test accuracy", fontsize=9)
+    E.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(E.run_main(main))

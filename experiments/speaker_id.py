@@ -1,0 +1,135 @@
+"""Speaker identification from variable-length cepstral sequences (JapaneseVowels, 9 speakers,
+7-29 frames): a recurrent classifier on padded batches with per-sequence lengths (masking;
+no truncation or resampling) against 1-NN DTW, 1-NN Euclidean and the majority class.
+
+    python experiments/speaker_id.py                               # JapaneseVowels
+    python experiments/speaker_id.py --dataset BasicMotions        # any UCR/UEA set bundled with sktime
+    python experiments/speaker_id.py --ts-train A_TRAIN.ts --ts-test A_TEST.ts
+    python experiments/speaker_id.py --quick --cell gru
+
+Outputs in ``--out``: ``metrics.json``, ``confusion.png``, ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import jax
+import numpy as np
+
+from lstm_jax import baselines as B
+from lstm_jax import data as data_lib
+from lstm_jax import datasets, train
+from lstm_jax import experiment as E
+
+DTW_MAX_LEN = 100  # longer series: 1-NN with Euclidean distance only (DTW's grid grows as T^2)
+
+
+def parse(argv):
+    p = E.make_parser("speaker_id", __doc__.splitlines()[0])
+    p.add_argument("--dataset", default="JapaneseVowels", help="a UCR/UEA set bundled with sktime")
+    p.add_argument("--ts-train", help=".ts file of training series (with --ts-test)")
+    p.add_argument("--ts-test", help=".ts file of test series")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.15, help="of train, stratified, for early stopping")
+    args = p.parse_args(argv)
+    if (args.ts_train is None) != (args.ts_test is None):
+        p.error("expected --ts-train and --ts-test together")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
+        run(args)
+
+
+def run(args):
+    if args.ts_train:
+        ds = datasets.load_ts_pair(args.ts_train, args.ts_test)
+    else:
+        ds = datasets.load_ts_dataset(args.dataset)
+    epochs, hidden = args.epochs, args.hidden
+    if args.quick:
+        epochs, hidden = 3, 16
+    n_classes = len(ds.classes)
+    # per-channel standardisation with training statistics
+    scaler = data_lib.fit_scaler(np.concatenate(ds.train_x))
+    scale = lambda xs: [data_lib.scale(scaler, x) for x in xs]  # noqa: E731
+    max_len = max(len(x) for x in ds.train_x + ds.test_x)
+    pad = lambda xs: data_lib.pad_sequences(scale(xs), max_len=max_len)  # noqa: E731
+    x_train, len_train = pad(ds.train_x)
+    x_test, len_test = pad(ds.test_x)
+    keep, held = E.stratified_split(ds.train_y, args.val_fraction, seed=args.seed)
+    part = lambda x, l, y, i: {"x": x[i], "lengths": l[i], "y": y[i]}  # noqa: E731
+    train_set = part(x_train, len_train, ds.train_y, keep)
+    val_set = part(x_train, len_train, ds.train_y, held)
+    test_set = {"x": x_test, "lengths": len_test, "y": ds.test_y}
+    config = dict(vars(args), dataset=ds.name, epochs=epochs, hidden=hidden, n_classes=n_classes,
+                  n_train=len(keep), n_val=len(held), n_test=len(ds.test_y), max_len=max_len,
+                  channels=int(x_train.shape[-1]))
+    res = E.Results("speaker_id", config)
+
+    # ---- baselines, fitted on the full training set
+    acc = lambda p: float(np.mean(np.asarray(p) == ds.test_y))  # noqa: E731
+    res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(ds.train_y, len(ds.test_y))))
+    if max_len <= DTW_MAX_LEN:
+        res.add(ds.name, "1nn_dtw", "accuracy", "test", acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x)))
+    res.add(ds.name, "1nn_euclidean", "accuracy", "test",
+            acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x, metric="euclidean")))
+
+    # ---- recurrent classifier on padded batches with lengths
+    params = jax.jit(partial(E.init_seq_model, cell=args.cell, input_size=x_train.shape[-1], hidden_size=hidden,
+                             output_size=n_classes, bidirectional=args.bidirectional))(jax.random.key(args.seed))
+    loss_fn = E.make_classifier_loss(dropout=args.dropout, recurrent_dropout=args.dropout)
+    batch_size = min(args.batch_size, len(keep))
+    steps = epochs * (len(keep) // batch_size)
+    optimizer = train.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=min(50, steps // 10), total_steps=steps)
+    result = train.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs, batch_size=batch_size,
+                       seed=args.seed, monitor="val_loss", mode="min", compiled_epoch=True,
+                       progress=not args.no_progress, desc=f"{args.cell} {ds.name}")
+    preds = E.predict_classes(result.params, test_set)
+    res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
+    val_hist = [h for h in result.history if "val_accuracy" in h]
+    best = val_hist[result.best_epoch - 1] if result.best_epoch else val_hist[-1]
+    res.add(ds.name, args.cell, "accuracy", "val", best["val_accuracy"])
+    res.extra = {"best_epoch": result.best_epoch, "history": result.history}
+
+    out = args.out
+    E.save_checkpoint(out, result.params, step=int(result.state.step), meta={"config": config})
+    plot(E.confusion_matrix(ds.test_y, preds, n_classes), ds, args.cell, acc(preds), f"{out}/confusion.png")
+    res.write(out)
+    print(f"{ds.name}: {config['n_train']} train / {config['n_val']} val / {config['n_test']} test, "
+          f"{n_classes} classes, lengths {int(len_train.min())}-{max_len}; {args.cell}({hidden}), best epoch "
+          f"{result.best_epoch}/{epochs}")
+    print(res.table())
+    print(f"({res.timer():.0f} s, results in {out})")
+
+
+def plot(cm, ds, cell, accuracy, path):
+    plt = E.pyplot()
+    k = len(ds.classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k) if k <= 20 else (10, 10))
+    ax.imshow(cm, cmap="Blues")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+        ax.set_xticks(range(k), ds.classes, fontsize=7)
+        ax.set_yticks(range(k), ds.classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{ds.name}, {cell}: test accuracy {accuracy:.3f}", fontsize=9)
+    E.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(E.run_main(main))
