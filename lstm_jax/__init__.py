@@ -20,6 +20,7 @@ from lstm_jax.cells import (
     rnn_step,
 )
 from lstm_jax.layers import StackParams, gru, init_gru, init_lstm, init_rnn, lstm, rnn, run_stack, zero_state
+from lstm_jax.profile import profile_scan
 from lstm_jax.scan import scan_cell, scan_sequence
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "init_rnn_cell",
     "lstm",
     "lstm_step",
+    "profile_scan",
     "rnn",
     "rnn_step",
     "run_stack",

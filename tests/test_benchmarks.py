@@ -15,9 +15,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
+def test_quick_run_writes_well_formed_json_markdown_and_plots(tmp_path):
+    # one test (not a module fixture): under pytest-xdist each worker would run the suite again
+    out = tmp_path
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=str(out),
@@ -25,7 +25,9 @@ def quick_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "results.json") as f:
         results = json.load(f)
-    return out, results, proc.stdout
+    _check_configs(results)
+    _check_sweeps_and_memory(results)
+    _check_markdown_and_plots(out, results, proc.stdout)
 
 
 def _installed(name):
@@ -36,8 +38,7 @@ def _installed(name):
         return False
 
 
-def test_json_has_every_config_peer_and_floor(quick_run):
-    _, results, _ = quick_run
+def _check_configs(results):
     assert results["settings"]["quick"] is True and results["peak_gflops"] > 0
     assert {e["kind"] for e in results["configs"]} == {"lstm", "gru"}
     expected = {"ours", "torch", "flax_linen", "flax_nnx"} | ({"equinox"} if _installed("equinox") else set())
@@ -60,8 +61,7 @@ def test_json_has_every_config_peer_and_floor(quick_run):
         assert any("equinox" in s for s in results["skipped"])
 
 
-def test_sweeps_and_memory_rows(quick_run):
-    _, results, _ = quick_run
+def _check_sweeps_and_memory(results):
     params = [s["param"] for s in results["sweeps"]]
     assert params == ["T", "B", "H", "unroll", "hoist"]
     for s in results["sweeps"]:
@@ -76,8 +76,7 @@ def test_sweeps_and_memory_rows(quick_run):
     assert all(r["peak_bytes"] > 0 and r["compile_s"] > 0 for r in results["memory"])
 
 
-def test_markdown_table_and_png_plots(quick_run):
-    out, results, stdout = quick_run
+def _check_markdown_and_plots(out, results, stdout):
     text = (out / "results.md").read_text()
     assert text.startswith("# lstm_jax benchmark")
     for heading in ("## LSTM: milliseconds", "## GRU: milliseconds", "×torch", "×flax linen", "% chain floor",
