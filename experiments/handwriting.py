@@ -14,13 +14,11 @@ the learning curve), ``checkpoint/``.
 from __future__ import annotations
 
 import sys
-from functools import partial
 
-import jax
 import numpy as np
 
 from lstm_jax import baselines as B
-from lstm_jax import datasets, train
+from lstm_jax import datasets
 from lstm_jax import experiment as E
 
 DATASETS = ("mnist5k", "fashion")
@@ -77,14 +75,11 @@ def run(args):
     base_y = train_y if not args.quick else train_y[:500]
     res.add(ds.name, f"{baseline}_pixels", "accuracy", "test", acc(B.sklearn_classifier(baseline, base_x, base_y, ds.test_x)))
 
-    params = jax.jit(partial(E.init_seq_model, cell=args.cell, input_size=28, hidden_size=hidden, output_size=10,
-                             bidirectional=args.bidirectional))(jax.random.key(args.seed))
-    loss_fn = E.make_classifier_loss(dropout=args.dropout)
-    steps = epochs * (len(keep) // batch_size)
-    optimizer = train.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=min(100, steps // 10), total_steps=steps)
-    result = train.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs, batch_size=batch_size,
-                       seed=args.seed, monitor="val_accuracy", mode="max", compiled_epoch=True,
-                       progress=not args.no_progress, desc=f"{args.cell} {ds.name}")
+    result = E.train_classifier(
+        train_set, val_set, cell=args.cell, input_size=28, hidden=hidden, n_classes=10, epochs=epochs,
+        batch_size=batch_size, lr=args.lr, dropout=args.dropout, bidirectional=args.bidirectional,
+        monitor="val_accuracy", seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
+    )
     preds = E.predict_classes(result.params, test_set)
     res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
     res.add(ds.name, args.cell, "accuracy", "val", result.best_metric)

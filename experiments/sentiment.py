@@ -13,13 +13,11 @@ Outputs in ``--out``: ``metrics.json``, ``sentiment.png`` (learning curve and ac
 from __future__ import annotations
 
 import sys
-from functools import partial
 
-import jax
 import numpy as np
 
 from lstm_jax import baselines as B
-from lstm_jax import datasets, train
+from lstm_jax import datasets
 from lstm_jax import experiment as E
 
 
@@ -70,22 +68,18 @@ def run(args):
     cs = (10.0,) if args.quick else (0.3, 1.0, 3.0, 10.0, 30.0)  # C by 5-fold CV on train
     res.add(ds.name, "tfidf_logreg", "accuracy", "test", acc(B.tfidf_logreg(train_text, train_y, ds.test_text, Cs=cs)))
 
-    params = jax.jit(partial(E.init_seq_model, cell=args.cell, input_size=args.embed, hidden_size=hidden, output_size=2,
-                             bidirectional=args.bidirectional, vocab_size=len(vocab.words)))(jax.random.key(args.seed))
-    if args.embed_init == "ppmi_svd":
-        vectors = E.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)  # training texts, no labels
-        params = params._replace(embed=jax.numpy.asarray(vectors))
-    loss_fn = E.make_classifier_loss(readout=args.readout, dropout=args.dropout, recurrent_dropout=args.dropout)
-    steps = epochs * (len(keep) // args.batch_size)
-    optimizer = train.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=min(100, steps // 10), total_steps=steps,
-                                     weight_decay=1e-4)
-    result = train.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs,
-                       batch_size=args.batch_size, seed=args.seed, monitor="val_loss", mode="min", compiled_epoch=True,
-                       progress=not args.no_progress, desc=f"{args.cell} reviews")
+    embed_init = None
+    if args.embed_init == "ppmi_svd":  # from the training texts only, no labels
+        embed_init = E.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)
+    result = E.train_classifier(
+        train_set, val_set, cell=args.cell, input_size=args.embed, hidden=hidden, n_classes=2, epochs=epochs,
+        batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout,
+        readout=args.readout, bidirectional=args.bidirectional, vocab_size=len(vocab.words), embed_init=embed_init,
+        weight_decay=1e-4, seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} reviews",
+    )
     preds = E.predict_classes(result.params, test_set, readout=args.readout)
     res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
-    val_hist = [h for h in result.history if "val_accuracy" in h]
-    res.add(ds.name, args.cell, "accuracy", "val", val_hist[max(result.best_epoch, 1) - 1]["val_accuracy"])
+    res.add(ds.name, args.cell, "accuracy", "val", E.best_history_value(result, "val_accuracy"))
     res.extra = {"best_epoch": result.best_epoch, "history": result.history}
 
     out = args.out

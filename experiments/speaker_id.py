@@ -13,14 +13,12 @@ Outputs in ``--out``: ``metrics.json``, ``confusion.png``, ``checkpoint/``.
 from __future__ import annotations
 
 import sys
-from functools import partial
 
-import jax
 import numpy as np
 
 from lstm_jax import baselines as B
 from lstm_jax import data as data_lib
-from lstm_jax import datasets, train
+from lstm_jax import datasets
 from lstm_jax import experiment as E
 
 DTW_MAX_LEN = 100  # longer series: 1-NN with Euclidean distance only (DTW's grid grows as T^2)
@@ -85,20 +83,14 @@ def run(args):
             acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x, metric="euclidean")))
 
     # ---- recurrent classifier on padded batches with lengths
-    params = jax.jit(partial(E.init_seq_model, cell=args.cell, input_size=x_train.shape[-1], hidden_size=hidden,
-                             output_size=n_classes, bidirectional=args.bidirectional))(jax.random.key(args.seed))
-    loss_fn = E.make_classifier_loss(dropout=args.dropout, recurrent_dropout=args.dropout)
-    batch_size = min(args.batch_size, len(keep))
-    steps = epochs * (len(keep) // batch_size)
-    optimizer = train.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=min(50, steps // 10), total_steps=steps)
-    result = train.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs, batch_size=batch_size,
-                       seed=args.seed, monitor="val_loss", mode="min", compiled_epoch=True,
-                       progress=not args.no_progress, desc=f"{args.cell} {ds.name}")
+    result = E.train_classifier(
+        train_set, val_set, cell=args.cell, input_size=x_train.shape[-1], hidden=hidden, n_classes=n_classes,
+        epochs=epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout,
+        bidirectional=args.bidirectional, seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
+    )
     preds = E.predict_classes(result.params, test_set)
     res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
-    val_hist = [h for h in result.history if "val_accuracy" in h]
-    best = val_hist[result.best_epoch - 1] if result.best_epoch else val_hist[-1]
-    res.add(ds.name, args.cell, "accuracy", "val", best["val_accuracy"])
+    res.add(ds.name, args.cell, "accuracy", "val", E.best_history_value(result, "val_accuracy"))
     res.extra = {"best_epoch": result.best_epoch, "history": result.history}
 
     out = args.out

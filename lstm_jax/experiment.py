@@ -65,6 +65,8 @@ __all__ = [
     "predict_forecast_ensemble",
     "stratified_split",
     "make_classifier_loss",
+    "train_classifier",
+    "best_history_value",
     "predict_classes",
     "confusion_matrix",
     "tokenize",
@@ -72,6 +74,13 @@ __all__ = [
     "build_vocab",
     "encode_texts",
     "ppmi_svd_vectors",
+    "CharVocab",
+    "lm_zero_state",
+    "lm_chunk_loss",
+    "make_lm_train_step",
+    "lm_random_windows",
+    "lm_bits_per_char",
+    "lm_sample",
     "Results",
     "Timer",
     "load_metrics",
@@ -288,6 +297,7 @@ def train_steps(
     progress: bool = True,
     desc: str = "train",
     bar=None,
+    train_step: Optional[Callable] = None,
 ) -> tuple:
     """Step-budgeted training with a batch sampler (for data that is not a fixed epoch).
 
@@ -303,6 +313,9 @@ def train_steps(
       until: ``record -> bool`` checked after each evaluation; True stops training (e.g.
         "task solved"), so a fixed step budget is a maximum.
       bar: an existing tqdm bar to advance (one bar across several runs); else a new one.
+      train_step: a custom ``(state, batch) -> (state, metrics)`` (e.g. ``lstm_jax.train.
+        make_tbptt_train_step``) instead of ``make_train_step(loss_fn, optimizer)``; a "step"
+        is then one call of it.
     Returns:
       ``(params, history)``: history is a list of dicts with ``step``, ``train_loss`` and
       the eval metrics; ``params`` the best by ``monitor`` or the last.
@@ -311,7 +324,7 @@ def train_steps(
 
     tqdm = _tqdm()
     state = train_lib.init_train_state(params, optimizer, jax.random.key(seed))
-    step_fn = jax.jit(train_lib.make_train_step(loss_fn, optimizer))
+    step_fn = jax.jit(train_step or train_lib.make_train_step(loss_fn, optimizer))
     history, best, best_params = [], None, params
     losses = []
     start = time.perf_counter()
@@ -1062,3 +1075,145 @@ def predict_forecast_ensemble(model: ForecastEnsemble, params: PyTree, x: np.nda
 
 
 _ENSEMBLE_PREDICT: dict = {}
+
+
+# --------------------------------------------------------------------------- character language models
+class CharVocab(NamedTuple):
+    """Characters of a training text; id 0 stands for characters never seen in training."""
+
+    chars: tuple
+
+    @staticmethod
+    def of(text: str) -> "CharVocab":
+        return CharVocab(("\x00",) + tuple(sorted(set(text) - {"\x00"})))
+
+    def encode(self, text: str) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.chars)}
+        return np.array([index.get(c, 0) for c in text], np.int32)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def lm_zero_state(params: SeqModel, batch_size: int) -> PyTree:
+    """Zero recurrent state of a batch (leaves ``[b, L, D, d]``)."""
+    from lstm_jax.layers import zero_state
+
+    return jax.tree_util.tree_map(lambda s: jnp.zeros((batch_size,) + s.shape, s.dtype), zero_state(params.rnn))
+
+
+def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng) -> tuple:
+    """Truncated-BPTT chunk loss: ``piece = {"x": [b, c] ids, "y": [b, c] next ids}`` from ``carry``.
+
+    Returns ``(mean nats, (carry, {"bits_per_char": ...}))`` as ``lstm_jax.train.make_tbptt_train_step`` expects.
+    """
+    from lstm_jax import losses
+
+    logits, carry = apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, return_state=True)
+    loss = losses.softmax_cross_entropy(logits, piece["y"])
+    return loss, (carry, {"bits_per_char": losses.bits_per_char(loss)})
+
+
+def make_lm_train_step(optimizer, *, chunk: int) -> Callable:
+    """TBPTT step over batches ``{"x", "y": [b, k*chunk]}``: ``k`` optimiser updates per call, the
+    state carried from chunk to chunk (``lstm_jax.train.make_tbptt_train_step``)."""
+    from lstm_jax import train as train_lib
+
+    return train_lib.make_tbptt_train_step(
+        lm_chunk_loss, optimizer, chunk=chunk, init_carry=lambda p, b: lm_zero_state(p, b["x"].shape[0]))
+
+
+def lm_random_windows(ids: np.ndarray, batch_size: int, length: int, rng: np.random.Generator) -> dict:
+    """``batch_size`` random windows of ``length + 1`` ids -> ``{"x": [b, length], "y": [b, length]}`` (next ids)."""
+    starts = rng.integers(0, len(ids) - length - 1, batch_size)
+    window = ids[starts[:, None] + np.arange(length + 1)[None, :]]
+    return {"x": window[:, :-1], "y": window[:, 1:]}
+
+
+_LM_CHUNK: dict = {}
+
+
+def lm_bits_per_char(params: SeqModel, ids: np.ndarray, *, streams: int = 32, chunk: int = 200) -> float:
+    """Bits per character of ``ids`` read as ``streams`` parallel streams, state carried across
+    chunks, so every character after the first of its stream is scored with its whole left
+    context in the stream. (The last ``< streams * chunk`` characters are not scored.)"""
+    n = (len(ids) - 1) // streams
+    n_chunks = n // chunk
+    if n_chunks < 1:
+        raise ValueError(f"expected at least {streams * chunk + 1} ids, got {len(ids)}")
+    n = n_chunks * chunk
+    ids = np.asarray(ids)
+    inputs = np.stack([ids[i * n : (i + 1) * n] for i in range(streams)])
+    targets = np.stack([ids[i * n + 1 : (i + 1) * n + 1] for i in range(streams)])
+    if "fn" not in _LM_CHUNK:
+        _LM_CHUNK["fn"] = jax.jit(lambda p, c, x, y: lm_chunk_loss(p, c, {"x": x, "y": y}, None))
+    run = _LM_CHUNK["fn"]
+    carry, total = lm_zero_state(params, streams), 0.0
+    for c in range(n_chunks):
+        sl = slice(c * chunk, (c + 1) * chunk)
+        loss, (carry, _) = run(params, carry, inputs[:, sl], targets[:, sl])
+        total += float(loss)
+    return total / n_chunks / math.log(2.0)
+
+
+_SAMPLERS: dict = {}
+
+
+def lm_sample(params: SeqModel, vocab: CharVocab, prompt: str, n_chars: int, temperature: float, key) -> str:
+    """Read ``prompt``, then draw ``n_chars`` characters at ``temperature`` (one jitted ``lax.scan``)."""
+    if n_chars not in _SAMPLERS:
+
+        @jax.jit
+        def run(params, ids, key, temperature):
+            logits, state = apply_seq_model(params, ids, readout="sequence", return_state=True)
+
+            def step(carry, k):
+                last, state = carry
+                nxt = jax.random.categorical(k, last / temperature)
+                out, state = apply_seq_model(params, nxt[:, None], readout="sequence", initial_state=state,
+                                             return_state=True)
+                return (out[:, 0], state), nxt[0]
+
+            _, chars = jax.lax.scan(step, (logits[:, -1], state), jax.random.split(key, n_chars))
+            return chars
+
+        _SAMPLERS[n_chars] = run
+    ids = jnp.asarray(vocab.encode(prompt))[None]
+    return prompt + vocab.decode(np.asarray(_SAMPLERS[n_chars](params, ids, key, jnp.float32(temperature))))
+
+
+def train_classifier(
+    train_set: dict, val_set: dict, *, cell: str, input_size: int, hidden: int, n_classes: int,
+    epochs: int, batch_size: int = 32, lr: float = 2e-3, dropout: float = 0.0, recurrent_dropout: float = 0.0,
+    readout: str = "final", bidirectional: bool = False, vocab_size: Optional[int] = None,
+    embed_init: Optional[np.ndarray] = None, weight_decay: float = 0.0, monitor: str = "val_loss",
+    seed: int = 0, progress: bool = True, desc: str = "",
+):
+    """Train a ``SeqModel`` classifier with ``lstm_jax.train.fit`` (compiled epochs, Adam with
+    warmup + cosine decay, gradient clipping 1.0) and return the ``FitResult`` (best-on-``monitor`` params).
+
+    ``train_set``/``val_set``: ``{"x": [N, t, d] floats or [N, t] ids, "y": [N], "lengths": [N]?}``.
+    ``embed_init`` (``[vocab_size, input_size]``) replaces the random embedding.
+    """
+    from lstm_jax import train as train_lib
+
+    init = partial(init_seq_model, cell=cell, input_size=input_size, hidden_size=hidden, output_size=n_classes,
+                   bidirectional=bidirectional, vocab_size=vocab_size)
+    params = jax.jit(init)(jax.random.key(seed))
+    if embed_init is not None:
+        params = params._replace(embed=jnp.asarray(embed_init, jnp.float32))
+    loss_fn = make_classifier_loss(readout=readout, dropout=dropout, recurrent_dropout=recurrent_dropout)
+    batch_size = min(batch_size, len(train_set["y"]))
+    steps = epochs * (len(train_set["y"]) // batch_size)
+    optimizer = train_lib.make_optimizer(lr, clip_norm=1.0, warmup_steps=min(100, steps // 10), total_steps=steps,
+                                         weight_decay=weight_decay)
+    mode = "max" if monitor.endswith("accuracy") else "min"
+    return train_lib.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs, batch_size=batch_size,
+                         seed=seed, monitor=monitor, mode=mode, compiled_epoch=True, progress=progress, desc=desc)
+
+
+def best_history_value(result, key: str) -> float:
+    """``key`` (e.g. ``"val_accuracy"``) at the best epoch of a ``FitResult`` (last epoch if none)."""
+    evaluated = [h for h in result.history if key in h]
+    by_epoch = {h["epoch"]: h[key] for h in evaluated}
+    return float(by_epoch.get(result.best_epoch, evaluated[-1][key]))

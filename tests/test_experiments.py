@@ -160,6 +160,25 @@ def test_ppmi_svd_vectors_span_the_top_singular_directions():
     chex.assert_trees_all_close(gram(vectors.astype(np.float64)), gram(ref / scale), atol=2e-3)
 
 
+def test_char_lm_helpers_against_whole_sequence_computation():
+    vocab = E.CharVocab.of("hello world")
+    assert vocab.decode(vocab.encode("hold owl")) == "hold owl" and vocab.encode("z")[0] == 0
+    params = E.init_seq_model(jax.random.key(0), "lstm", 4, 8, len(vocab.chars), num_layers=2,
+                              vocab_size=len(vocab.chars))
+    ids = np.random.default_rng(0).integers(0, len(vocab.chars), 2 * 15 + 1).astype(np.int32)
+    got = E.lm_bits_per_char(params, ids, streams=2, chunk=5)
+    # reference: each stream read in one call, no chunking
+    streams = np.stack([ids[:15], ids[15:30]])
+    targets = np.stack([ids[1:16], ids[16:31]])
+    logp = jax.nn.log_softmax(E.apply_seq_model(params, jnp.asarray(streams), readout="sequence"), axis=-1)
+    nll = -np.take_along_axis(np.asarray(logp), targets[..., None], axis=-1).mean()
+    np.testing.assert_allclose(got, nll / np.log(2.0), rtol=1e-5)
+    batch = E.lm_random_windows(ids, 3, 6, np.random.default_rng(1))
+    np.testing.assert_array_equal(batch["x"][:, 1:], batch["y"][:, :-1])
+    text = E.lm_sample(params, vocab, "he", 7, 0.8, jax.random.key(0))
+    assert text.startswith("he") and len(text) == 9
+
+
 # --------------------------------------------------------------------------- training loops
 def _toy_problem():
     params = E.init_seq_model(jax.random.key(0), "gru", 2, 4, 1)
