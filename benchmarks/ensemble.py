@@ -4,12 +4,14 @@ Both sides run the identical pure ``train(key)`` from ``lstm_jax.train.make_trai
 training in one jit: epochs and minibatches are ``lax.scan``s), compiled once and timed after
 compilation; the sequential side calls the jitted single-run program N times.
 
-    python benchmarks/ensemble.py                # N = 16 (run on a quiet machine)
+    python benchmarks/ensemble.py                # N = 16, five model sizes (run on a quiet machine)
     python benchmarks/ensemble.py --quick        # tiny smoke run (seconds)
     python benchmarks/ensemble.py --out result.json
 
 Reports wall times, member-runs per second for each side and their ratio (goal: >= 3x on a
-2-core CPU).
+2-core CPU) for several model sizes (``--sizes batch:hidden,...``): the ratio depends on how
+much of a single run is per-step overhead (tiny models) and how much is matmul work that
+already keeps a core busy (larger models).
 """
 
 from __future__ import annotations
@@ -118,22 +120,40 @@ def run(members: int, epochs: int, hidden: int, batch_size: int, rows: int, wind
     }
 
 
+def _sizes(text: str) -> list:
+    try:
+        sizes = [tuple(int(v) for v in item.split(":")) for item in text.split(",") if item]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise SystemExit(f"error: expected --sizes like '8:8,32:64' (batch:hidden pairs), got {text!r}")
+    return sizes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sizes", default="8:8,32:8,8:32,32:32,32:64",
+                        help="comma list of batch_size:hidden model sizes (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--window", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 members, 2 epochs, 1 repeat")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
     args = parser.parse_args(argv)
+    sizes = _sizes(args.sizes)
     if args.quick:
-        args.members, args.epochs, args.hidden, args.rows, args.repeats = 4, 2, 8, 300, 1
-    result = run(args.members, args.epochs, args.hidden, args.batch_size, args.rows, args.window, args.repeats)
-    result["quick"] = bool(args.quick)
+        args.members, args.epochs, args.rows, args.repeats = 4, 2, 300, 1
+        sizes = [(8, 4), (16, 8)]
+    runs = []
+    for batch_size, hidden in sizes:
+        runs.append(run(args.members, args.epochs, hidden, batch_size, args.rows, args.window, args.repeats))
+        r = runs[-1]
+        print(f"batch {batch_size:4d} hidden {hidden:4d}: {args.members} sequential {r['sequential_s']:.3f} s, "
+              f"vmapped {r['vmapped_s']:.3f} s, speedup {r['speedup']:.2f}x", flush=True)
+    result = {"quick": bool(args.quick), "members": args.members, "goal": ">= 3x", "runs": runs,
+              "best_speedup": max(r["speedup"] for r in runs)}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -43,6 +43,8 @@ def parse(argv):
     p.add_argument("--chunks", type=int, default=10, help="chunks per window, state carried between them")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--impl", choices=("scan", "auto", "fused"), default="scan",
+                   help="LSTM layer implementation: fused = the custom-VJP layer, auto = fused for LSTMs (default: %(default)s)")
     p.add_argument("--order", type=int, default=5, help="n of the n-gram baselines")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8, 1.0])
     p.add_argument("--sample-chars", type=int, default=400)
@@ -88,7 +90,7 @@ def run(args):
     val_ids = ids_test[:n_val]
     final, history = E.train_steps(
         None, params, optimizer, sample, steps=calls, seed=args.seed, max_seconds=1.05 * seconds,
-        train_step=E.make_lm_train_step(optimizer, chunk=seq_len),
+        train_step=E.make_lm_train_step(optimizer, chunk=seq_len, impl=args.impl),
         eval_fn=lambda p: {"val_bits_per_char": E.lm_bits_per_char(p, val_ids)}, eval_every=max(1, 500 // chunks),
         monitor="val_bits_per_char", progress=not args.no_progress, desc=f"{args.cell} {name}",
     )

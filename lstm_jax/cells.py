@@ -19,6 +19,7 @@ the cell update run in that dtype.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -115,10 +116,37 @@ def carry_dtype(params) -> DType:
 
 
 # --------------------------------------------------------------------------- init
+def orthogonal(key: PRNGKey, rows: int, cols: int) -> Array:
+    """A random ``[rows, cols]`` float32 matrix with orthonormal columns (or rows if ``rows < cols``).
+
+    The same draw as ``jax.nn.initializers.orthogonal()`` (a Gaussian matrix, its QR factor
+    with the signs that make ``diag(R)`` positive), computed by Gram-Schmidt with
+    re-orthogonalisation from matrix-vector products only. No LAPACK QR: under ``jax.vmap``
+    on CPU (ensembles initialising inside the vmapped program) jax's batched QR kernel can
+    deadlock XLA's intra-op thread pool.
+    """
+    return _orthogonal(key, rows, cols)
+
+
+@partial(jax.jit, static_argnums=(1, 2))  # only so that eager inits reuse the compiled loop
+def _orthogonal(key: PRNGKey, rows: int, cols: int) -> Array:
+    n, m = max(rows, cols), min(rows, cols)
+    a = jax.random.normal(key, (n, m), jnp.float32)
+
+    def add_column(j, q):
+        v = a[:, j]
+        for _ in range(2):  # classical Gram-Schmidt, twice: orthogonal to rounding
+            v = v - q @ (q.T @ v)  # columns >= j of q are still zero
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    q = jax.lax.fori_loop(0, m, add_column, jnp.zeros((n, m), jnp.float32))
+    return q.T if rows < cols else q
+
+
 def _orthogonal_per_gate(key: PRNGKey, rows: int, d_h: int, n_gates: int, dtype: DType) -> Array:
     keys = jax.random.split(key, n_gates)
-    init = jax.nn.initializers.orthogonal()
-    return jnp.concatenate([init(k, (rows, d_h), jnp.float32) for k in keys], axis=-1).astype(dtype)
+    blocks = jax.vmap(lambda k: orthogonal(k, rows, d_h))(keys)  # [n_gates, rows, d_h]
+    return jnp.moveaxis(blocks, 0, 1).reshape(rows, n_gates * d_h).astype(dtype)
 
 
 def _lecun_normal(key: PRNGKey, shape, dtype: DType) -> Array:

@@ -222,6 +222,7 @@ def apply_seq_model(
     return_state: bool = False,
     unroll: int = 1,
     hoist: int = 0,
+    impl: str = "scan",
 ):
     """Run the network on a batch and apply the head.
 
@@ -234,7 +235,8 @@ def apply_seq_model(
       dropout: inter-layer dropout and dropout on the head's input; ``recurrent_dropout``
         variational dropout on ``h``; both only when ``dropout_key`` is given.
       initial_state / return_state: carry a state across calls (truncated BPTT, sampling).
-      unroll, hoist: passed to the layer (scan unroll factor, input projection chunking).
+      unroll, hoist, impl: passed to the layer (scan unroll factor, input projection chunking,
+        ``"scan"`` or the fused LSTM layer; ``"auto"`` fuses plain LSTMs, scans other cells).
 
     Returns:
       outputs (and the final state when ``return_state``).
@@ -253,7 +255,7 @@ def apply_seq_model(
         params.rnn, xs, lengths=lengths, initial_state=initial_state,
         dropout=dropout if use_dropout else 0.0,
         recurrent_dropout=recurrent_dropout if use_dropout else 0.0,
-        dropout_key=dropout_key, unroll=unroll, hoist=hoist,
+        dropout_key=dropout_key, unroll=unroll, hoist=hoist, impl=impl,
     )
     if readout == "final":
         feats = _final_h(state)
@@ -1102,25 +1104,28 @@ def lm_zero_state(params: SeqModel, batch_size: int) -> PyTree:
     return jax.tree_util.tree_map(lambda s: jnp.zeros((batch_size,) + s.shape, s.dtype), zero_state(params.rnn))
 
 
-def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng) -> tuple:
+def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "scan") -> tuple:
     """Truncated-BPTT chunk loss: ``piece = {"x": [b, c] ids, "y": [b, c] next ids}`` from ``carry``.
 
     Returns ``(mean nats, (carry, {"bits_per_char": ...}))`` as ``lstm_jax.train.make_tbptt_train_step`` expects.
     """
     from lstm_jax import losses
 
-    logits, carry = apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, return_state=True)
+    logits, carry = apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, return_state=True,
+                                    impl=impl)
     loss = losses.softmax_cross_entropy(logits, piece["y"])
     return loss, (carry, {"bits_per_char": losses.bits_per_char(loss)})
 
 
-def make_lm_train_step(optimizer, *, chunk: int) -> Callable:
+def make_lm_train_step(optimizer, *, chunk: int, impl: str = "scan") -> Callable:
     """TBPTT step over batches ``{"x", "y": [b, k*chunk]}``: ``k`` optimiser updates per call, the
-    state carried from chunk to chunk (``lstm_jax.train.make_tbptt_train_step``)."""
+    state carried from chunk to chunk (``lstm_jax.train.make_tbptt_train_step``); ``impl`` as
+    for ``apply_seq_model``."""
     from lstm_jax import train as train_lib
 
     return train_lib.make_tbptt_train_step(
-        lm_chunk_loss, optimizer, chunk=chunk, init_carry=lambda p, b: lm_zero_state(p, b["x"].shape[0]))
+        partial(lm_chunk_loss, impl=impl), optimizer, chunk=chunk,
+        init_carry=lambda p, b: lm_zero_state(p, b["x"].shape[0]))
 
 
 def lm_random_windows(ids: np.ndarray, batch_size: int, length: int, rng: np.random.Generator) -> dict:

@@ -91,3 +91,27 @@ def _check_markdown_and_plots(out, results, stdout):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_ensemble_quick_run_reports_speedups_of_matching_members(tmp_path):
+    out = tmp_path / "ensemble.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "ensemble.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["quick"] and len(result["runs"]) == 2
+    for run in result["runs"]:
+        assert run["members"] == 4 and run["sequential_s"] > 0 and run["vmapped_s"] > 0
+        assert run["speedup"] == pytest.approx(run["sequential_s"] / run["vmapped_s"], rel=1e-2)
+        # the timed vmapped program reproduces the sequential runs
+        assert run["max_best_val_diff_vmapped_vs_sequential"] < 1e-5
+
+
+def test_ensemble_rejects_bad_sizes():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "ensemble.py"), "--sizes", "8x8"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and "batch:hidden" in proc.stderr

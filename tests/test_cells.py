@@ -4,6 +4,7 @@ against finite differences, init properties, and dtypes under strict promotion."
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -273,6 +274,22 @@ def test_lstm_init_properties():
     same = init_lstm_cell(jax.random.key(0), _FAN_IN, _HID, peephole=True, layer_norm=True)
     chex.assert_trees_all_equal(params, same)
     assert not np.allclose(params.w_x, init_lstm_cell(jax.random.key(1), _FAN_IN, _HID).w_x)
+
+
+@pytest.mark.parametrize("rows, cols", [(_HID, _HID), (3, _HID), (_HID, 3)])
+def test_orthogonal_equals_jax_orthogonal_initializer(rows, cols):
+    key = jax.random.key(7)
+    ours = cells.orthogonal(key, rows, cols)
+    theirs = jax.nn.initializers.orthogonal()(key, (rows, cols), jnp.float32)
+    chex.assert_trees_all_close(ours, theirs, atol=1e-6)
+
+
+def test_vmapped_init_uses_no_lapack_qr():
+    # jax's batched CPU QR kernel can deadlock XLA's thread pool inside a vmapped program
+    # (an ensemble initialising its members); init must not contain it at all.
+    init = functools.partial(init_lstm_cell, input_size=3, hidden_size=_HID, proj_size=3)
+    text = str(jax.make_jaxpr(jax.vmap(init))(jax.random.split(jax.random.key(0), 4)))  # nested jaxprs too
+    assert not re.search(r"\b(qr|geqrf|orgqr|householder_product)\b", text)
 
 
 def test_input_weights_are_lecun_normal():
