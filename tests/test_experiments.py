@@ -408,3 +408,19 @@ def test_quickstart_notebook_executes():
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "LSTM RMSE" in text and "persistence RMSE" in text
+
+
+@pytest.mark.parametrize("impl", ["fused", "auto"])
+def test_lm_chunk_loss_fused_impl_equals_scan_value_grads_and_carry(impl):
+    # the fused layer behind --impl must give the scan path's loss, gradients and carried state
+    params = E.init_seq_model(jax.random.key(0), "lstm", 4, 8, 6, num_layers=2, vocab_size=6)
+    ids = jax.random.randint(jax.random.key(1), (3, 9), 0, 6)
+    piece = {"x": ids[:, :-1], "y": ids[:, 1:]}
+    carry = jax.tree_util.tree_map(lambda s: 0.3 * jnp.ones_like(s), E.lm_zero_state(params, 3))
+
+    def run(which):
+        fn = lambda p: E.lm_chunk_loss(p, carry, piece, None, impl=which)  # noqa: E731
+        (loss, (state, _)), grads = jax.value_and_grad(fn, has_aux=True)(params)
+        return loss, state, grads
+
+    chex.assert_trees_all_close(run(impl), run("scan"), atol=1e-5)
