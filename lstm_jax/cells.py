@@ -116,6 +116,7 @@ def carry_dtype(params) -> DType:
 
 
 # --------------------------------------------------------------------------- init
+@partial(jax.jit, static_argnums=(1, 2))  # only so that eager inits reuse the compiled loop
 def orthogonal(key: PRNGKey, rows: int, cols: int) -> Array:
     """A random ``[rows, cols]`` float32 matrix with orthonormal columns (or rows if ``rows < cols``).
 
@@ -125,11 +126,6 @@ def orthogonal(key: PRNGKey, rows: int, cols: int) -> Array:
     on CPU (ensembles initialising inside the vmapped program) jax's batched QR kernel can
     deadlock XLA's intra-op thread pool.
     """
-    return _orthogonal(key, rows, cols)
-
-
-@partial(jax.jit, static_argnums=(1, 2))  # only so that eager inits reuse the compiled loop
-def _orthogonal(key: PRNGKey, rows: int, cols: int) -> Array:
     n, m = max(rows, cols), min(rows, cols)
     a = jax.random.normal(key, (n, m), jnp.float32)
 
