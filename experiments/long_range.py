@@ -40,7 +40,7 @@ def parse(argv):
     p = E.make_parser("long_range", __doc__.splitlines()[0], default_cell=None)
     p.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     p.add_argument("--lengths", nargs="+", type=int, default=[50, 100, 200, 400], help="sequence lengths T")
-    p.add_argument("--steps", type=int, default=1500, help="max optimiser steps per run (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=3000, help="max optimiser steps per run (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)

@@ -1104,27 +1104,28 @@ def lm_zero_state(params: SeqModel, batch_size: int) -> PyTree:
     return jax.tree_util.tree_map(lambda s: jnp.zeros((batch_size,) + s.shape, s.dtype), zero_state(params.rnn))
 
 
-def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "scan") -> tuple:
+def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "scan", dropout: float = 0.0) -> tuple:
     """Truncated-BPTT chunk loss: ``piece = {"x": [b, c] ids, "y": [b, c] next ids}`` from ``carry``.
 
+    ``dropout`` (between the layers and on the head's input) applies only when ``rng`` is given.
     Returns ``(mean nats, (carry, {"bits_per_char": ...}))`` as ``lstm_jax.train.make_tbptt_train_step`` expects.
     """
     from lstm_jax import losses
 
     logits, carry = apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, return_state=True,
-                                    impl=impl)
+                                    impl=impl, dropout=dropout, dropout_key=rng if dropout > 0.0 else None)
     loss = losses.softmax_cross_entropy(logits, piece["y"])
     return loss, (carry, {"bits_per_char": losses.bits_per_char(loss)})
 
 
-def make_lm_train_step(optimizer, *, chunk: int, impl: str = "scan") -> Callable:
+def make_lm_train_step(optimizer, *, chunk: int, impl: str = "scan", dropout: float = 0.0) -> Callable:
     """TBPTT step over batches ``{"x", "y": [b, k*chunk]}``: ``k`` optimiser updates per call, the
-    state carried from chunk to chunk (``lstm_jax.train.make_tbptt_train_step``); ``impl`` as
-    for ``apply_seq_model``."""
+    state carried from chunk to chunk (``lstm_jax.train.make_tbptt_train_step``); ``impl`` and
+    ``dropout`` as for ``lm_chunk_loss``."""
     from lstm_jax import train as train_lib
 
     return train_lib.make_tbptt_train_step(
-        partial(lm_chunk_loss, impl=impl), optimizer, chunk=chunk,
+        partial(lm_chunk_loss, impl=impl, dropout=dropout), optimizer, chunk=chunk,
         init_carry=lambda p, b: lm_zero_state(p, b["x"].shape[0]))
 
 

@@ -424,3 +424,20 @@ def test_lm_chunk_loss_fused_impl_equals_scan_value_grads_and_carry(impl):
         return loss, state, grads
 
     chex.assert_trees_all_close(run(impl), run("scan"), atol=1e-5)
+
+
+def test_lm_chunk_loss_dropout_only_with_a_key_and_matches_apply_seq_model():
+    # dropout > 0 without a key is the deterministic loss; with a key it is apply_seq_model's dropout
+    params = E.init_seq_model(jax.random.key(0), "lstm", 4, 8, 6, num_layers=2, vocab_size=6)
+    ids = jax.random.randint(jax.random.key(1), (3, 9), 0, 6)
+    piece = {"x": ids[:, :-1], "y": ids[:, 1:]}
+    carry = E.lm_zero_state(params, 3)
+    plain = E.lm_chunk_loss(params, carry, piece, None)[0]
+    np.testing.assert_allclose(E.lm_chunk_loss(params, carry, piece, None, dropout=0.5)[0], plain, rtol=1e-6)
+    key = jax.random.key(2)
+    noisy = E.lm_chunk_loss(params, carry, piece, key, dropout=0.5)[0]
+    logits = E.apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, dropout=0.5,
+                               dropout_key=key)
+    ref = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), piece["y"][..., None], axis=-1))
+    np.testing.assert_allclose(noisy, ref, rtol=1e-5)
+    assert abs(float(noisy) - float(plain)) > 1e-4
