@@ -1,7 +1,7 @@
 """Character-level language model on Shakespeare's works: a 2-layer recurrent net trained with
 truncated backpropagation through time on random 1,000-character windows of the first 90 %
 of the text (file order; 10 chunks of 100, the state carried between them) less its last
-100,000 characters, which are the validation text (learning curve, best-checkpoint choice);
+100,000 characters (at most a tenth of it), which are the validation text (learning curve, best-checkpoint choice);
 scored in bits per character on the held-out last 10 % against 5-gram models (Witten-Bell and
 Kneser-Ney) counted on the same training characters in the same run; then temperature-sampled
 text.
@@ -72,7 +72,8 @@ def run(args):
     cut = int(0.9 * len(text))
     vocab = E.CharVocab.of(text[:cut])
     ids_train, ids_test = vocab.encode(text[:cut]), vocab.encode(text[cut:])
-    # the validation text is the end of the training part, never the test text
+    # the validation text is the end of the training part (at most a tenth of it), never the test text
+    n_val = min(n_val, len(ids_train) // 10)
     ids_train, val_ids = ids_train[:-n_val], ids_train[-n_val:]
     config = dict(vars(args), dataset=name, hidden=hidden, seq_len=seq_len, chunks=chunks, vocab=len(vocab.chars),
                   n_train_chars=len(ids_train), n_val_chars=len(val_ids), n_test_chars=len(ids_test))
