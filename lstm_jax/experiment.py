@@ -894,13 +894,16 @@ def summarize_runs(runs: Sequence[dict], *, cells: Sequence[str] = CELLS) -> lis
 
     Each row: ``task, dataset, metric, baseline`` (the best baseline, "name value"), one value
     per cell found (test split), ``wall_time_s`` per cell and the ``command`` of each cell's run.
-    Runs of the same task and data set with different cells are merged into one row.
+    Runs of the same task and data set with different cells are merged into one row. A
+    multi-seed run (``config["seeds"] > 1``) contributes its summary rows (the median over
+    seeds, ``{cell}_solved_runs = (solved, seeds)``), not its per-seed rows.
     """
     table: dict = {}
     for run in runs:
         task = run.get("task") or (run["results"][0]["task"] if run["results"] else None)
+        multi_seed = (run.get("config") or {}).get("seeds", 1) > 1
         for row in run["results"]:
-            if row["split"] != "test":
+            if row["split"] != "test" or (multi_seed and "seed" in row):
                 continue
             metric, mode = PRIMARY_METRIC.get(task, (None, None))
             if task == "long_range":
@@ -916,6 +919,8 @@ def summarize_runs(runs: Sequence[dict], *, cells: Sequence[str] = CELLS) -> lis
                 entry[f"{row['model']}_command"] = run.get("command")
                 if "solved" in row:
                     entry[f"{row['model']}_solved"] = row["solved"]
+                if "solved_runs" in row:
+                    entry[f"{row['model']}_solved_runs"] = (row["solved_runs"], row["seeds"])
             else:
                 entry["_baselines"][row["model"]] = row["value"]
     rows = []
@@ -936,6 +941,9 @@ def cells_markdown(rows: Sequence[dict], *, cells: Sequence[str] = ("lstm", "gru
         if v is None:
             return "-"
         mark = " (solved)" if row.get(f"{c}_solved") else ""
+        if row.get(f"{c}_solved_runs") is not None:
+            solved, seeds = row[f"{c}_solved_runs"]
+            mark = f" (median of {seeds}; solved {solved}/{seeds})"
         return f"{v:.4g}{mark}"
 
     header = ["task", "data", "metric", "best baseline"] + [c.upper() for c in cells] + ["wall time (s)", "command"]

@@ -308,6 +308,30 @@ def test_long_range_quick(tmp_path):
     assert {r["dataset"] for r in data["results"]} == {"adding", "temporal_order"}
 
 
+def test_long_range_seeds_rows_and_summary(tmp_path):
+    script = _script("long_range")
+    script.main(["--quick", "--no-progress", "--cell", "lstm", "--tasks", "adding", "--out", str(tmp_path / "one")])
+    script.main(["--quick", "--no-progress", "--cell", "lstm", "--tasks", "adding", "--seeds", "3",
+                 "--out", str(tmp_path / "three")])
+    one = E.load_metrics(tmp_path / "one" / "metrics.json")
+    three = E.load_metrics(tmp_path / "three" / "metrics.json")
+    per_seed = [r for r in three["results"] if r["model"] == "lstm" and "seed" in r]
+    summary = [r for r in three["results"] if r["model"] == "lstm" and "seed" not in r]
+    assert [r["seed"] for r in per_seed] == [0, 1, 2] and len(summary) == 1
+    # the first of the seeds is the single-seed run: same init, data and test set
+    (single,) = [r for r in one["results"] if r["model"] == "lstm"]
+    np.testing.assert_allclose(per_seed[0]["value"], single["value"], rtol=1e-6)
+    assert len({r["value"] for r in per_seed}) == 3  # the other seeds train differently
+    values = [r["value"] for r in per_seed]
+    assert summary[0]["value"] == pytest.approx(float(np.median(values)))
+    assert summary[0]["solved_runs"] == sum(v < 0.01 for v in values) and summary[0]["seeds"] == 3
+    # the cell table takes the summary row, not the last seed's
+    (row,) = E.summarize_runs([three])
+    assert row["lstm"] == pytest.approx(summary[0]["value"])
+    assert row["lstm_solved_runs"] == (summary[0]["solved_runs"], 3)
+    assert "median of 3" in E.cells_markdown([row], cells=["lstm"])
+
+
 def test_speaker_id_quick(tmp_path):
     _script("speaker_id").main(["--quick", "--no-progress", "--out", str(tmp_path)])
     _check_outputs(tmp_path, "speaker_id", ["confusion.png"], ["majority_class", "1nn_dtw", "1nn_euclidean"], ["lstm"])
@@ -361,6 +385,7 @@ BAD_INPUT = [
     ("handwriting", ["--dataset", "kanji"], "expected --dataset in"),
     ("char_lm", ["--text-file", "{missing}"], "expected an existing text file"),
     ("long_range", ["--lengths", "5"], "expected every --lengths value >= 20"),
+    ("long_range", ["--seeds", "0"], "expected --seeds >= 1, got 0"),
     ("sentiment", ["--readout", "last"], "invalid choice"),
     ("compare_cells", ["--collect", "{empty}"], "expected metrics.json files"),
 ]
