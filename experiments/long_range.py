@@ -152,7 +152,7 @@ def run(args):
             counts = {t: sum(r["solved"] for r in runs_rows if (r["dataset"], r["model"], r["seq_len"]) == (task, c, t))
                       for t in lengths}
             if len(seeds) == 1:
-                return str([t for t in lengths if counts[t]] or "none")
+                return f"T = {[t for t in lengths if counts[t]] or 'none'}"
             return ", ".join(f"T={t} {counts[t]}/{len(seeds)}" for t in lengths)
         print(f"{task}: solved at " + "; ".join(f"{c}: {solved_at(c)}" for c in cells))
     print(f"({res.timer():.0f} s, results in {args.out})")
