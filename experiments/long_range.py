@@ -9,12 +9,15 @@ budget each, plus the vanishing-gradient picture ||dloss/dx_t|| against t.
 
 Solved = test MSE < 0.01 (adding; always predicting the mean gives ~0.167) or test accuracy
 >= 0.99 (temporal order; chance 0.25). Training stops early once a validation set is solved
-with a margin (MSE < 0.007, accuracy >= 0.995), so the step budget is a maximum. Data are fresh ``jax.random`` batches every
-step. With ``--seeds N`` every (task, T, cell) is trained N times (init and training data from
-seeds ``seed .. seed+N-1``; the validation and test sets stay those of ``--seed``, so the first
-of the N runs is the single-seed run): ``metrics.json`` has one row per run (``seed``) plus one
-per (task, T, cell) with the median and how many runs solved it (``solved_runs``). Outputs in ``--out``: ``metrics.json``, ``long_range.png``, ``gradients.png``,
-``checkpoint/``.
+with a margin (MSE < 0.007, accuracy >= 0.995), so the step budget is a maximum. Data are
+fresh ``jax.random`` batches every step.
+
+With ``--seeds N`` every (task, T, cell) is trained N times (init and training data from seeds
+``seed .. seed+N-1``; the validation and test sets stay those of ``--seed``, so the first of
+the N runs is the single-seed run): ``metrics.json`` has one row per run (``seed``) plus one
+per (task, T, cell) with the median and how many runs solved it (``solved_runs``).
+
+Outputs in ``--out``: ``metrics.json``, ``long_range.png``, ``gradients.png``, ``checkpoint/``.
 """
 
 from __future__ import annotations
