@@ -100,10 +100,10 @@ def run(args):
     eval_sets = {}
     for task, t, cell in runs:
         gen, d_in, d_out, metric, solved = TASKS[task]
-        task_index = list(TASKS).index(task)
+        run_keys = lambda seed: jax.random.split(  # noqa: E731  (k_init, k_data, k_val, k_test)
+            jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), list(TASKS).index(task)), 4)
         if (task, t) not in eval_sets:  # the same validation and test sets for every cell and seed
-            run_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(args.seed), t), task_index)
-            _, _, k_val, k_test = jax.random.split(run_key, 4)
+            _, _, k_val, k_test = run_keys(args.seed)
             make = jax.jit(partial(gen, batch_size=n_test, length=t))
             eval_sets[task, t] = make(k_val), make(k_test)
         val, test = eval_sets[task, t]
@@ -111,8 +111,7 @@ def run(args):
         evaluate = jax.jit(lambda p, b: loss_fn(p, b, None)[1])
         values = []
         for seed in seeds:
-            run_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), task_index)
-            k_init, k_data, _, _ = jax.random.split(run_key, 4)
+            k_init, k_data, _, _ = run_keys(seed)
             params = jax.jit(partial(E.init_seq_model, cell=cell, input_size=d_in, hidden_size=args.hidden,
                                      output_size=d_out))(k_init)
             optimizer = train.make_optimizer(args.lr, clip_norm=1.0)
