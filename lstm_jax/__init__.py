@@ -3,9 +3,15 @@
 Pure single-example steps ``step(params, carry, x) -> (carry, y)``, a masked ``lax.scan``
 sequence layer, stacks/bidirectional/dropout, and batched entry points built with
 ``jax.vmap``. Nothing here is jitted for you: jit at the outermost level.
+
+The core names below are imported eagerly; every public submodule (``lstm_jax.nn``,
+``lstm_jax.train``, ``lstm_jax.backends``, ``lstm_jax.tasks``, ...) is an attribute of the
+package, imported on first access, so ``import lstm_jax`` stays light and never imports the
+optional heavy dependencies (torch, keras, matplotlib).
 """
 
-from lstm_jax import interop  # noqa: F401  (imports torch/flax/keras only inside its functions)
+import importlib as _importlib
+
 from lstm_jax.cells import (
     GRUParams,
     LSTMCarry,
@@ -24,6 +30,38 @@ from lstm_jax.profile import profile_scan
 from lstm_jax.scan import scan_cell, scan_sequence
 
 __version__ = "0.1.0"
+
+# public submodules, reachable as attributes after ``import lstm_jax`` (imported on first access)
+SUBMODULES = (
+    "backends",
+    "baselines",
+    "cells",
+    "checkpoint",
+    "data",
+    "datasets",
+    "interop",
+    "keys",
+    "layers",
+    "losses",
+    "nn",
+    "profile",
+    "scan",
+    "sharding",
+    "tasks",
+    "train",
+    "typing",
+)
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return _importlib.import_module(f"lstm_jax.{name}")
+    raise AttributeError(f"module 'lstm_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBMODULES))
+
 
 __all__ = [
     "GRUParams",

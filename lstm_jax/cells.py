@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from lstm_jax.keys import as_key
 from lstm_jax.typing import Array, DType, PRNGKey
 
 __all__ = [
@@ -194,7 +195,7 @@ def init_lstm_cell(
             f"hidden_size={hidden_size}"
         )
     d_out = proj_size or hidden_size
-    k_x, k_h, k_p = jax.random.split(key, 3)
+    k_x, k_h, k_p = jax.random.split(as_key(key), 3)
     b = jnp.zeros((4 * hidden_size,), dtype).at[hidden_size : 2 * hidden_size].set(forget_bias)
     return LSTMParams(
         w_x=_lecun_normal(k_x, (input_size, 4 * hidden_size), dtype),
@@ -218,7 +219,7 @@ def init_lstm_cell(
 def init_gru_cell(key: PRNGKey, input_size: int, hidden_size: int, *, dtype: DType = jnp.float32) -> GRUParams:
     """Initialise one GRU cell: ``w_x`` LeCun-normal, ``w_h`` orthogonal per gate, zero biases."""
     _check_sizes(input_size, hidden_size)
-    k_x, k_h = jax.random.split(key)
+    k_x, k_h = jax.random.split(as_key(key))
     return GRUParams(
         w_x=_lecun_normal(k_x, (input_size, 3 * hidden_size), dtype),
         w_h=_orthogonal_per_gate(k_h, hidden_size, hidden_size, 3, dtype),
@@ -230,7 +231,7 @@ def init_gru_cell(key: PRNGKey, input_size: int, hidden_size: int, *, dtype: DTy
 def init_rnn_cell(key: PRNGKey, input_size: int, hidden_size: int, *, dtype: DType = jnp.float32) -> RNNParams:
     """Initialise one tanh RNN cell: ``w_x`` LeCun-normal, ``w_h`` orthogonal, zero bias."""
     _check_sizes(input_size, hidden_size)
-    k_x, k_h = jax.random.split(key)
+    k_x, k_h = jax.random.split(as_key(key))
     return RNNParams(
         w_x=_lecun_normal(k_x, (input_size, hidden_size), dtype),
         w_h=_orthogonal_per_gate(k_h, hidden_size, hidden_size, 1, dtype),

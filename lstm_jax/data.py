@@ -23,6 +23,7 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 import jax
 import numpy as np
 
+from lstm_jax.keys import as_key, is_key
 from lstm_jax.typing import PRNGKey, PyTree
 
 __all__ = [
@@ -313,12 +314,17 @@ def prepare_windows(
 
 
 # --------------------------------------------------------------------------- minibatches
-def _key_of(seed_or_key) -> PRNGKey:
+def _key_of(seed_or_key, name: str = "seed") -> PRNGKey:
+    """An int seed as ``jax.random.key(seed)``; a typed or legacy key as a typed key (same bits)."""
     if isinstance(seed_or_key, (int, np.integer)) and not isinstance(seed_or_key, bool):
         return jax.random.key(int(seed_or_key))
-    if isinstance(seed_or_key, jax.Array) and jax.dtypes.issubdtype(seed_or_key.dtype, jax.dtypes.prng_key):
-        return seed_or_key
-    raise TypeError(f"expected an int seed or a jax.random.key, got {type(seed_or_key).__name__}")
+    if is_key(seed_or_key):
+        return as_key(seed_or_key, name)
+    raise TypeError(
+        f"expected {name} to be an int seed or a PRNG key (jax.random.key or jax.random.PRNGKey), "
+        f"got {type(seed_or_key).__name__}"
+        + (f" of dtype {seed_or_key.dtype}" if hasattr(seed_or_key, "dtype") else f" {seed_or_key!r}")
+    )
 
 
 def epoch_permutation(key: PRNGKey, epoch, n: int):

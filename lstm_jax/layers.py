@@ -36,6 +36,9 @@ from lstm_jax.cells import (
     init_lstm_cell,
     init_rnn_cell,
 )
+from lstm_jax import backends
+from lstm_jax.backends import LayerCall
+from lstm_jax.keys import as_key
 from lstm_jax.scan import scan_cell
 from lstm_jax.typing import Array, DType, PRNGKey, PyTree
 
@@ -50,6 +53,8 @@ __all__ = [
     "gru",
     "rnn",
     "cell_of",
+    "dropout_mask",
+    "stack_states",
 ]
 
 
@@ -85,7 +90,7 @@ def _init_stack(key, input_size, num_layers, bidirectional, d_out, init_cell) ->
     if not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"expected num_layers to be a positive int, got {num_layers!r}")
     num_directions = 2 if bidirectional else 1
-    keys = jax.random.split(key, num_layers * num_directions).reshape(num_layers, num_directions)
+    keys = jax.random.split(as_key(key), num_layers * num_directions).reshape(num_layers, num_directions)
     layers = []
     for layer in range(num_layers):
         d_in = input_size if layer == 0 else num_directions * d_out
@@ -168,15 +173,30 @@ def init_rnn(
 
 
 # --------------------------------------------------------------------------- per example
+def stack_states(states: list, num_layers: int, num_directions: int, axis: int = 0) -> PyTree:
+    """Stack per-(layer, direction) states, listed layer-major, into leaves ``[..., L, D, d]``.
+
+    ``axis`` is where the ``L, D`` axes go: 0 for one example (``[L, D, d]``), 1 after a batch
+    axis (``[b, L, D, d]``).
+    """
+
+    def stack(*leaves):
+        stacked = jnp.stack(leaves, axis=axis)
+        shape = stacked.shape
+        return stacked.reshape(shape[:axis] + (num_layers, num_directions) + shape[axis + 1 :])
+
+    return jax.tree_util.tree_map(stack, *states)
+
+
 def zero_state(params: StackParams) -> PyTree:
     """Zero state of ONE example: every leaf ``[L, D, d]``."""
     cell = cell_of(params)
-    carries = [[cell.zero_carry(p) for p in layer] for layer in params.layers]
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves).reshape(
-        (params.num_layers, params.num_directions) + leaves[0].shape), *[c for layer in carries for c in layer])
+    carries = [cell.zero_carry(p) for layer in params.layers for p in layer]
+    return stack_states(carries, params.num_layers, params.num_directions)
 
 
-def _dropout_mask(key: PRNGKey, rate: float, shape, dtype) -> Array:
+def dropout_mask(key: PRNGKey, rate: float, shape, dtype) -> Array:
+    """Inverted-dropout multiplier: 0 with probability ``rate``, else ``1 / (1 - rate)``."""
     keep = jax.random.bernoulli(key, 1.0 - rate, shape)
     return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
 
@@ -227,7 +247,7 @@ def run_stack(
     state = zero_state(params) if initial_state is None else initial_state
     use_dropout = dropout_key is not None
     if use_dropout:
-        layer_keys = jax.random.split(dropout_key, params.num_layers)
+        layer_keys = jax.random.split(as_key(dropout_key, "dropout_key"), params.num_layers)
     finals = []
     inputs = xs
     for l, layer in enumerate(params.layers):
@@ -236,28 +256,22 @@ def run_stack(
             rec_keys = jax.random.split(k_rec, len(layer))
         if l > 0 and use_dropout and dropout > 0.0:
             shape = (1, inputs.shape[-1]) if variational_dropout else inputs.shape
-            inputs = inputs * _dropout_mask(k_between, dropout, shape, inputs.dtype)
+            inputs = inputs * dropout_mask(k_between, dropout, shape, inputs.dtype)
         outputs = []
-        layer_finals = []
         for d, cell_params in enumerate(layer):
             carry0 = jax.tree_util.tree_map(lambda s: s[l, d], state)
             mask = None
             if use_dropout and recurrent_dropout > 0.0:
                 h0 = carry0.h if cell is LSTM_CELL else carry0
-                mask = _dropout_mask(rec_keys[d], recurrent_dropout, h0.shape, h0.dtype)
+                mask = dropout_mask(rec_keys[d], recurrent_dropout, h0.shape, h0.dtype)
             final, ys = scan_cell(
                 cell, cell_params, carry0, inputs,
                 length=length, reverse=(d == 1), unroll=unroll, recurrent_mask=mask, hoist=hoist,
             )
             outputs.append(ys)
-            layer_finals.append(final)
+            finals.append(final)
         inputs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-        finals.append(layer_finals)
-    final_state = jax.tree_util.tree_map(
-        lambda *leaves: jnp.stack(leaves).reshape((params.num_layers, params.num_directions) + leaves[0].shape),
-        *[f for layer in finals for f in layer],
-    )
-    return inputs, final_state
+    return inputs, stack_states(finals, params.num_layers, params.num_directions)
 
 
 # --------------------------------------------------------------------------- validation
@@ -313,70 +327,18 @@ def _validate(params: StackParams, xs, lengths, initial_state) -> None:
 
 
 # --------------------------------------------------------------------------- batched API
-_FUSED_IMPLS = {"fused": "gates", "fused_recompute": "recompute", "fused_checkpoint": "checkpoint"}
-IMPLS = ("scan", "auto") + tuple(_FUSED_IMPLS)
+IMPLS = ("auto",) + backends.names()
 
 
-def _fused_memory(params: StackParams, impl: str, compute_dtype) -> Optional[str]:
-    """The ``fused.lstm_layer`` memory mode ``impl`` asks for, or None for the vmapped scan."""
-    if impl not in IMPLS:
-        raise ValueError(f"expected impl in {IMPLS}, got {impl!r}")
-    if impl == "scan":
-        return None
-    from lstm_jax.fused import unfusable_reason
-
-    reasons = [r for layer in params.layers for p in layer if (r := unfusable_reason(p, compute_dtype))]
-    if impl == "auto":
-        return None if reasons else "gates"
-    if reasons:
-        raise ValueError(
-            f"expected plain LSTM params (no peephole, layer_norm, proj_size or compute_dtype) for impl={impl!r}, "
-            f"got {reasons[0]}; use impl='scan' or impl='auto'"
-        )
-    return _FUSED_IMPLS[impl]
-
-
-def _batched(
-    params: StackParams,
-    xs: Array,
-    *,
-    lengths=None,
-    initial_state=None,
-    dropout: float = 0.0,
-    recurrent_dropout: float = 0.0,
-    variational_dropout: bool = False,
-    dropout_key=None,
-    unroll: int = 1,
-    hoist: int = 0,
-    compute_dtype=None,
-    impl: str = "scan",
-):
-    _validate(params, xs, lengths, initial_state)
-    for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"expected {name} in [0, 1), got {rate}")
-    memory = _fused_memory(params, impl, compute_dtype)
-    if memory is not None:
-        from lstm_jax.fused import fused_stack
-
-        return fused_stack(
-            params, xs, lengths=lengths, initial_state=initial_state, dropout=dropout,
-            recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            dropout_key=dropout_key, unroll=unroll, hoist=hoist, memory=memory,
-        )
-    b = xs.shape[0]
-
-    def one(x, length, state, key):
-        return run_stack(
-            params, x, length=length, initial_state=state,
-            dropout=dropout, recurrent_dropout=recurrent_dropout,
-            variational_dropout=variational_dropout, dropout_key=key,
-            unroll=unroll, hoist=hoist, compute_dtype=compute_dtype,
-        )
-
-    keys = None if dropout_key is None else jax.random.split(dropout_key, b)
-    axes = (0, None if lengths is None else 0, None if initial_state is None else 0, None if keys is None else 0)
-    return jax.vmap(one, in_axes=axes)(xs, lengths, initial_state, keys)
+def _batched(params: StackParams, xs: Array, *, impl: str = "scan", **options) -> tuple[Array, PyTree]:
+    """Validate a batched call and hand it to the backend ``impl`` (see ``lstm_jax.backends``)."""
+    _validate(params, xs, options.get("lengths"), options.get("initial_state"))
+    for name in ("dropout", "recurrent_dropout"):
+        if not 0.0 <= options.get(name, 0.0) < 1.0:
+            raise ValueError(f"expected {name} in [0, 1), got {options[name]}")
+    if options.get("dropout_key") is not None:
+        options["dropout_key"] = as_key(options["dropout_key"], "dropout_key")
+    return backends.run(impl, params, xs, LayerCall(**options))
 
 
 _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack``.
@@ -393,11 +355,14 @@ _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack
       unroll: scan unroll factor.
       hoist: input projection chunk size (0 = inside each step; see ``scan.scan_cell``).
       compute_dtype: optional matmul dtype (e.g. ``jnp.bfloat16``); carry and ``ys`` stay float32.
-      impl: ``"scan"`` (default): ``jax.vmap`` of the per-example scan, differentiated by
-        autodiff. ``"fused"``: plain LSTMs only, the batch-level custom-VJP layer of
-        ``lstm_jax.fused`` (same results, faster training); ``"fused_recompute"`` and
-        ``"fused_checkpoint"`` are its memory-saving modes. ``"auto"``: ``"fused"`` when the
-        params allow it, else ``"scan"``.
+      impl: the backend (``lstm_jax.backends``). ``"scan"`` (default): ``jax.vmap`` of the
+        per-example scan, differentiated by autodiff. ``"fused"``: plain LSTMs only, the
+        batch-level custom-VJP layer of ``lstm_jax.backends.fused`` (same results, faster
+        training); ``"fused_recompute"`` and ``"fused_checkpoint"`` are its memory-saving
+        modes. ``"auto"``: ``backends.choose``, the first backend of ``backends.AUTO_ORDER``
+        for the platform that supports the call (today ``"fused"`` when the params allow it,
+        else ``"scan"``). A backend that cannot serve the call raises ``ValueError`` naming
+        the reason and the backends that can.
 
     Returns:
       ``(ys: [b, t, D*d_out], final_state)``, final-state leaves ``[b, L, D, d]``.
@@ -428,9 +393,9 @@ def _entry_point(cell: CellDef, kind: str, state: str):
         if got is not cell:
             raise TypeError(f"expected {cell.name.upper()} params for {cell.name}(), got {got.name.upper()} params")
         return _batched(
-            params, xs, lengths=lengths, initial_state=initial_state, dropout=dropout,
+            params, xs, impl=impl, lengths=lengths, initial_state=initial_state, dropout=dropout,
             recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            dropout_key=dropout_key, unroll=unroll, hoist=hoist, compute_dtype=compute_dtype, impl=impl,
+            dropout_key=dropout_key, unroll=unroll, hoist=hoist, compute_dtype=compute_dtype,
         )
 
     entry.__name__ = entry.__qualname__ = cell.name

@@ -44,7 +44,7 @@ final-state layout of ``lstm_jax.layers`` (leaves ``[b, L, D, d]``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as linen
 import jax
@@ -131,6 +131,40 @@ class _RecurrentNNX(nnx.Module):
 
     _kind: str = ""
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        variational_dropout: bool = False,
+        dtype: DType = jnp.float32,
+        compute_dtype: Optional[DType] = None,
+        unroll: int = 1,
+        hoist: int = 0,
+        impl: str = "scan",
+        deterministic: bool = False,
+        rngs: Optional[nnx.Rngs] = None,
+        _params: Optional[StackParams] = None,
+        **cell_options: Any,
+    ):
+        if _params is None:
+            if rngs is None:
+                raise ValueError("expected rngs=nnx.Rngs(...) to initialise the parameters, got None")
+            _, init_fn, _ = _KINDS[self._kind]
+            _params = init_fn(
+                rngs["params"](), input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                dtype=dtype, **cell_options,
+            )
+        self._setup(
+            _params, dropout=dropout, recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
+            compute_dtype=compute_dtype, unroll=unroll, hoist=hoist, impl=impl, deterministic=deterministic,
+            rngs=rngs,
+        )
+
     def _setup(
         self,
         params: StackParams,
@@ -180,10 +214,14 @@ class _RecurrentNNX(nnx.Module):
         jax.tree_util.tree_map(lambda v, a: v.set_value(a), self.params, params, is_leaf=_is_variable)
 
     @classmethod
-    def _from_params(cls, params: StackParams, **kwargs):
-        config = stack_config(params)
-        model = cls(**config, **kwargs, _params=params)
-        return model
+    def from_params(cls, params: StackParams, **kwargs):
+        """Wrap existing ``StackParams`` of this module's cell kind (sizes and cell options are read from it).
+
+        ``kwargs``: the non-shape options (``dropout``, ``recurrent_dropout``,
+        ``variational_dropout``, ``compute_dtype``, ``unroll``, ``hoist``, ``impl``, ``deterministic``,
+        ``rngs``). ``rngs`` is only needed when dropout is used.
+        """
+        return cls(**stack_config(params), **kwargs, _params=params)
 
     def set_view(self, deterministic: Optional[bool] = None):
         """Used by ``nnx.view``: ``deterministic=True`` switches dropout off."""
@@ -261,46 +299,14 @@ class LSTM(_RecurrentNNX):
         input_size: int,
         hidden_size: int,
         *,
-        num_layers: int = 1,
-        bidirectional: bool = False,
         proj_size: int = 0,
         peephole: bool = False,
         layer_norm: bool = False,
         forget_bias: float = 1.0,
-        dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        variational_dropout: bool = False,
-        dtype: DType = jnp.float32,
-        compute_dtype: Optional[DType] = None,
-        unroll: int = 1,
-        hoist: int = 0,
-        impl: str = "scan",
-        deterministic: bool = False,
-        rngs: Optional[nnx.Rngs] = None,
-        _params: Optional[StackParams] = None,
+        **options: Any,
     ):
-        if _params is None:
-            if rngs is None:
-                raise ValueError("expected rngs=nnx.Rngs(...) to initialise the parameters, got None")
-            _params = init_lstm(
-                rngs["params"](), input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                proj_size=proj_size, peephole=peephole, layer_norm=layer_norm, forget_bias=forget_bias, dtype=dtype,
-            )
-        self._setup(
-            _params, dropout=dropout, recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            compute_dtype=compute_dtype, unroll=unroll, hoist=hoist, impl=impl, deterministic=deterministic,
-            rngs=rngs,
-        )
-
-    @classmethod
-    def from_params(cls, params: StackParams, **kwargs) -> "LSTM":
-        """Wrap existing LSTM ``StackParams`` (sizes and cell options are read from it).
-
-        ``kwargs``: the non-shape options (``dropout``, ``recurrent_dropout``,
-        ``variational_dropout``, ``compute_dtype``, ``unroll``, ``hoist``, ``impl``, ``deterministic``,
-        ``rngs``). ``rngs`` is only needed when dropout is used.
-        """
-        return cls._from_params(params, **kwargs)
+        cell_options = dict(proj_size=proj_size, peephole=peephole, layer_norm=layer_norm, forget_bias=forget_bias)
+        super().__init__(input_size, hidden_size, **options, **cell_options)
 
 
 class GRU(_RecurrentNNX):
@@ -310,43 +316,6 @@ class GRU(_RecurrentNNX):
     )
     _kind = "gru"
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        variational_dropout: bool = False,
-        dtype: DType = jnp.float32,
-        compute_dtype: Optional[DType] = None,
-        unroll: int = 1,
-        hoist: int = 0,
-        impl: str = "scan",
-        deterministic: bool = False,
-        rngs: Optional[nnx.Rngs] = None,
-        _params: Optional[StackParams] = None,
-    ):
-        if _params is None:
-            if rngs is None:
-                raise ValueError("expected rngs=nnx.Rngs(...) to initialise the parameters, got None")
-            _params = init_gru(
-                rngs["params"](), input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                dtype=dtype,
-            )
-        self._setup(
-            _params, dropout=dropout, recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            compute_dtype=compute_dtype, unroll=unroll, hoist=hoist, impl=impl, deterministic=deterministic,
-            rngs=rngs,
-        )
-
-    @classmethod
-    def from_params(cls, params: StackParams, **kwargs) -> "GRU":
-        """Wrap existing GRU ``StackParams``; see ``LSTM.from_params``."""
-        return cls._from_params(params, **kwargs)
-
 
 class RNN(_RecurrentNNX):
     __doc__ = (
@@ -354,43 +323,6 @@ class RNN(_RecurrentNNX):
         "``nnx.Param``.\n" + _NNX_ARGS.format(extra="")
     )
     _kind = "rnn"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        recurrent_dropout: float = 0.0,
-        variational_dropout: bool = False,
-        dtype: DType = jnp.float32,
-        compute_dtype: Optional[DType] = None,
-        unroll: int = 1,
-        hoist: int = 0,
-        impl: str = "scan",
-        deterministic: bool = False,
-        rngs: Optional[nnx.Rngs] = None,
-        _params: Optional[StackParams] = None,
-    ):
-        if _params is None:
-            if rngs is None:
-                raise ValueError("expected rngs=nnx.Rngs(...) to initialise the parameters, got None")
-            _params = init_rnn(
-                rngs["params"](), input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                dtype=dtype,
-            )
-        self._setup(
-            _params, dropout=dropout, recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            compute_dtype=compute_dtype, unroll=unroll, hoist=hoist, impl=impl, deterministic=deterministic,
-            rngs=rngs,
-        )
-
-    @classmethod
-    def from_params(cls, params: StackParams, **kwargs) -> "RNN":
-        """Wrap existing RNN ``StackParams``; see ``LSTM.from_params``."""
-        return cls._from_params(params, **kwargs)
 
 
 # --------------------------------------------------------------------------- linen
@@ -413,14 +345,41 @@ def from_linen_variables(variables) -> StackParams:
 
 
 class _RecurrentLinen(linen.Module):
-    """Shared body of the linen modules; ``_init_fn(key, input_size)`` and ``_apply_fn`` per kind."""
+    """Shared body of the linen modules; subclasses fix ``_kind`` and add cell options."""
 
-    def _call(self, init_fn: Callable, apply_fn: Callable, xs, lengths, initial_state, deterministic):
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    variational_dropout: bool = False
+    dtype: Any = jnp.float32
+    compute_dtype: Any = None
+    unroll: int = 1
+    hoist: int = 0
+    impl: str = "scan"
+    deterministic: Optional[bool] = None
+
+    _kind = ""
+
+    def _cell_options(self) -> dict:
+        return {}
+
+    @linen.compact
+    def __call__(self, xs, *, lengths=None, initial_state=None, deterministic: Optional[bool] = None):
         if not hasattr(xs, "shape") or xs.ndim != 3:
             raise ValueError(
                 f"expected xs of shape [b, t, d_in] (rank 3), got {getattr(xs, 'shape', type(xs).__name__)}"
             )
-        params = self.param("stack", lambda key: init_fn(key, int(xs.shape[-1])))
+        _, init_fn, apply_fn = _KINDS[self._kind]
+
+        def init(key):
+            return init_fn(
+                key, int(xs.shape[-1]), self.hidden_size, num_layers=self.num_layers,
+                bidirectional=self.bidirectional, dtype=self.dtype, **self._cell_options(),
+            )
+
+        params = self.param("stack", init)
         if deterministic is None:
             deterministic = True if self.deterministic is None else self.deterministic
         use_dropout = not deterministic and (self.dropout > 0.0 or self.recurrent_dropout > 0.0)
@@ -449,82 +408,23 @@ _LINEN_DOC = """linen {kind} network over ``lstm_jax.{name}``; variables ``{{"pa
 class LSTMLinen(_RecurrentLinen):
     __doc__ = _LINEN_DOC.format(kind="LSTM", name="lstm", cls="LSTM", extra=" ``proj_size``, ``peephole``, "
                                 "``layer_norm``, ``forget_bias``,")
-    hidden_size: int
-    num_layers: int = 1
-    bidirectional: bool = False
     proj_size: int = 0
     peephole: bool = False
     layer_norm: bool = False
     forget_bias: float = 1.0
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    variational_dropout: bool = False
-    dtype: Any = jnp.float32
-    compute_dtype: Any = None
-    unroll: int = 1
-    hoist: int = 0
-    impl: str = "scan"
-    deterministic: Optional[bool] = None
 
-    @linen.compact
-    def __call__(self, xs, *, lengths=None, initial_state=None, deterministic: Optional[bool] = None):
-        def init_fn(key, input_size):
-            return init_lstm(
-                key, input_size, self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
-                proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
-                forget_bias=self.forget_bias, dtype=self.dtype,
-            )
+    _kind = "lstm"
 
-        return self._call(init_fn, lstm, xs, lengths, initial_state, deterministic)
+    def _cell_options(self) -> dict:
+        return dict(proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
+                    forget_bias=self.forget_bias)
 
 
 class GRULinen(_RecurrentLinen):
     __doc__ = _LINEN_DOC.format(kind="GRU", name="gru", cls="GRU", extra="")
-    hidden_size: int
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    variational_dropout: bool = False
-    dtype: Any = jnp.float32
-    compute_dtype: Any = None
-    unroll: int = 1
-    hoist: int = 0
-    impl: str = "scan"
-    deterministic: Optional[bool] = None
-
-    @linen.compact
-    def __call__(self, xs, *, lengths=None, initial_state=None, deterministic: Optional[bool] = None):
-        def init_fn(key, input_size):
-            return init_gru(
-                key, input_size, self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
-                dtype=self.dtype,
-            )
-
-        return self._call(init_fn, gru, xs, lengths, initial_state, deterministic)
+    _kind = "gru"
 
 
 class RNNLinen(_RecurrentLinen):
     __doc__ = _LINEN_DOC.format(kind="tanh-RNN", name="rnn", cls="RNN", extra="")
-    hidden_size: int
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    variational_dropout: bool = False
-    dtype: Any = jnp.float32
-    compute_dtype: Any = None
-    unroll: int = 1
-    hoist: int = 0
-    impl: str = "scan"
-    deterministic: Optional[bool] = None
-
-    @linen.compact
-    def __call__(self, xs, *, lengths=None, initial_state=None, deterministic: Optional[bool] = None):
-        def init_fn(key, input_size):
-            return init_rnn(
-                key, input_size, self.hidden_size, num_layers=self.num_layers, bidirectional=self.bidirectional,
-                dtype=self.dtype,
-            )
-
-        return self._call(init_fn, rnn, xs, lengths, initial_state, deterministic)
+    _kind = "rnn"

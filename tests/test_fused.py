@@ -15,7 +15,7 @@ import pytest
 
 import lstm_jax
 from lstm_jax.cells import LSTM_CELL, LSTMCarry, init_lstm_cell
-from lstm_jax.fused import MEMORY_MODES, fused_stack, is_fusable, lstm_layer
+from lstm_jax.backends.fused import MEMORY_MODES, fused_stack, is_fusable, lstm_layer
 from lstm_jax.scan import scan_cell
 
 B, T, D, H = 3, 9, 4, 5

@@ -28,7 +28,8 @@ carry is frozen and the outputs are zero. ``reverse=True`` reads the valid prefi
 backwards (the permutation is applied here, around the custom-VJP core).
 
 Everything here is batch-level and time-major (``xs: [t, b, d_in]``); ``fused_stack`` is
-the batch-major network entry point that ``lstm(..., impl="fused")`` calls. The custom VJP
+the batch-major network entry point that ``lstm(..., impl="fused")`` calls through this
+backend's ``run`` (see ``lstm_jax.backends``). The custom VJP
 sits at the batch level on purpose: under ``jax.vmap`` of a per-example custom VJP the
 weight gradients would be formed per example (``[b, d_h, 4*d_h]``) and then summed.
 
@@ -54,9 +55,19 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax.cells import LSTMCarry, LSTMParams
+from lstm_jax.layers import dropout_mask, stack_states
 from lstm_jax.typing import Array, DType, PRNGKey
 
-__all__ = ["MEMORY_MODES", "is_fusable", "unfusable_reason", "lstm_layer", "fused_stack", "permute_valid_prefix"]
+__all__ = [
+    "MEMORY_MODES",
+    "fused_stack",
+    "is_fusable",
+    "lstm_layer",
+    "permute_valid_prefix",
+    "run",
+    "unfusable_reason",
+    "unsupported",
+]
 
 MEMORY_MODES = ("gates", "recompute", "checkpoint")
 
@@ -527,11 +538,6 @@ def _masks_like_run_stack(dropout_key: PRNGKey, b: int, num_layers: int, num_dir
     return jax.vmap(one)(keys)
 
 
-def _dropout_mask(key, rate: float, shape, dtype):
-    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
-    return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
-
-
 def fused_stack(
     params,
     xs: Array,
@@ -570,12 +576,12 @@ def fused_stack(
     if use_dropout:
         k_between, k_rec = _masks_like_run_stack(dropout_key, b, num_layers, num_directions)
     inputs = jnp.swapaxes(xs, 0, 1)  # [t, b, d_in]
-    h_fin, c_fin = [], []
+    finals = []
     for l, layer in enumerate(params.layers):
         if l > 0 and use_dropout and dropout > 0.0:
             d = inputs.shape[-1]
             shape = (1, d) if variational_dropout else (t, d)
-            mask = jax.vmap(lambda k: _dropout_mask(k, dropout, shape, inputs.dtype))(k_between[:, l])
+            mask = jax.vmap(lambda k: dropout_mask(k, dropout, shape, inputs.dtype))(k_between[:, l])
             inputs = inputs * jnp.swapaxes(mask, 0, 1)
         outputs = []
         for direction, cell_params in enumerate(layer):
@@ -585,15 +591,32 @@ def fused_stack(
                 carry0 = LSTMCarry(initial_state.h[:, l, direction], initial_state.c[:, l, direction])
             rmask = None
             if use_dropout and recurrent_dropout > 0.0:
-                rmask = jax.vmap(lambda k: _dropout_mask(k, recurrent_dropout, (d_h,), dt))(k_rec[:, l, direction])
+                rmask = jax.vmap(lambda k: dropout_mask(k, recurrent_dropout, (d_h,), dt))(k_rec[:, l, direction])
             final, ys = lstm_layer(
                 cell_params, carry0, inputs, lengths, reverse=(direction == 1), memory=memory,
                 unroll=unroll, hoist=hoist, chunk=chunk, recurrent_mask=rmask,
             )
             outputs.append(ys)
-            h_fin.append(final.h)
-            c_fin.append(final.c)
+            finals.append(final)
         inputs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    shape = (b, num_layers, num_directions, d_h)
-    state = LSTMCarry(jnp.stack(h_fin, axis=1).reshape(shape), jnp.stack(c_fin, axis=1).reshape(shape))
-    return jnp.swapaxes(inputs, 0, 1), state
+    return jnp.swapaxes(inputs, 0, 1), stack_states(finals, num_layers, num_directions, axis=1)
+
+
+# --------------------------------------------------------------------------- backend interface
+def unsupported(params, xs, call) -> Optional[str]:
+    """Why the fused backend cannot run this call (see ``lstm_jax.backends``), or None."""
+    reasons = [r for layer in params.layers for p in layer if (r := unfusable_reason(p, call.compute_dtype))]
+    if reasons:
+        return (
+            f"expected plain LSTM params (no peephole, layer_norm, proj_size or compute_dtype), got {reasons[0]}"
+        )
+    return None
+
+
+def run(params, xs: Array, call, *, memory: str = "gates") -> tuple[Array, LSTMCarry]:
+    """``fused_stack`` with the options of a ``backends.LayerCall``."""
+    return fused_stack(
+        params, xs, lengths=call.lengths, initial_state=call.initial_state, dropout=call.dropout,
+        recurrent_dropout=call.recurrent_dropout, variational_dropout=call.variational_dropout,
+        dropout_key=call.dropout_key, unroll=call.unroll, hoist=call.hoist, memory=memory,
+    )

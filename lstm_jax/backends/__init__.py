@@ -1,0 +1,170 @@
+"""Ways of running a recurrent network over a batch, behind one signature and one registry.
+
+``lstm(params, xs, impl=...)`` (and ``gru``, ``rnn``) hands the call to a backend. Every
+backend is one module of this package with two functions of one signature:
+
+* ``unsupported(params, xs, call) -> str | None``: why it cannot serve this call (None: it can);
+* ``run(params, xs, call, **options) -> (ys: [b, t, D*d_out], final_state)``, leaves ``[b, L, D, d]``,
+
+where ``params`` is a ``layers.StackParams``, ``xs: [b, t, d_in]`` and ``call`` a ``LayerCall``
+holding everything else the caller asked for (lengths, initial state, dropout, unroll, ...).
+All backends have the semantics of the ``"scan"`` backend, the reference they are tested
+against: past ``lengths[i]`` the carry is frozen and outputs are zero, the final state is the
+state at the last valid step, the backward direction reads the valid prefix reversed, and
+dropout masks are those ``layers.run_stack`` draws from the same key.
+
+The registry maps an ``impl`` name to ``(module, fixed options)``; modules are imported on
+first use, so a backend with heavy or platform-specific imports costs nothing until used.
+``impl="auto"`` is the policy function ``choose``: per platform, the first backend of
+``AUTO_ORDER`` that supports the call. A new backend adds a module and a ``register`` line.
+
+>>> from lstm_jax.layers import init_lstm
+>>> params = init_lstm(jax.random.key(0), 3, 8)
+>>> names()[:2]
+('scan', 'fused')
+>>> choose(params, jnp.ones((2, 5, 3)), LayerCall(), platform="cpu")
+'fused'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, NamedTuple, Optional
+
+import jax
+
+from lstm_jax.typing import Array, DType, PRNGKey, PyTree
+
+__all__ = ["AUTO_ORDER", "Backend", "LayerCall", "choose", "get", "names", "register", "resolve", "run", "describe"]
+
+
+class LayerCall(NamedTuple):
+    """Everything one batched network call asked for besides ``params`` and ``xs``."""
+
+    lengths: Optional[Array] = None  # [b] int, valid steps per example
+    initial_state: Optional[PyTree] = None  # leaves [b, L, D, d]
+    dropout: float = 0.0  # between layers
+    recurrent_dropout: float = 0.0  # variational, on h inside the recurrence
+    variational_dropout: bool = False  # inter-layer mask shared across time
+    dropout_key: Optional[PRNGKey] = None  # None: deterministic
+    unroll: int = 1
+    hoist: int = 0
+    compute_dtype: Optional[DType] = None
+
+    @property
+    def uses_dropout(self) -> bool:
+        return self.dropout_key is not None and (self.dropout > 0.0 or self.recurrent_dropout > 0.0)
+
+
+class Backend(NamedTuple):
+    """A registry entry: ``lstm_jax.backends.<module>`` run with fixed keyword ``options``."""
+
+    name: str
+    module: str
+    options: tuple  # ((keyword, value), ...)
+    summary: str
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(name: str, module: str, summary: str, **options: Any) -> None:
+    """Add (or replace) the backend ``name``: module ``lstm_jax.backends.<module>`` with ``options``."""
+    _REGISTRY[name] = Backend(name, module, tuple(sorted(options.items())), summary)
+
+
+register("scan", "scan", "jax.vmap of the per-example lax.scan; every cell and option; autodiff (jvp and grad)")
+register("fused", "fused", "plain LSTMs: batch-level custom VJP storing gate derivatives (fastest training on CPU)",
+         memory="gates")
+register("fused_recompute", "fused", "as fused, stores only (h, c) per step and recomputes the gates",
+         memory="recompute")
+register("fused_checkpoint", "fused", "as fused, stores (h, c) every ~sqrt(t) steps: O(sqrt(t)) memory",
+         memory="checkpoint")
+register("cudnn", "cudnn", "plain float32 LSTMs on a CUDA/ROCm GPU: one jax.experimental.rnn (cuDNN) call per network")
+register("parallel", "parallel", "research: plain LSTMs evaluated parallel in time (quasi-DEER Newton iterations, "
+         "associative scan), sequential fallback")
+register("pallas", "pallas", "plain LSTMs: time loop inside one Pallas kernel (Triton on GPU, interpret on CPU), custom VJP")
+
+# impl="auto": per platform, the first of these that supports the call (see ``choose``).
+# CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast
+# (benchmarks/run.py); every other call falls back to scan.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("fused", "scan"),
+    # GPU: "cudnn" is not first (yet): jax.experimental.rnn copies seq_lengths to the host and
+    # synchronises on every call (no CUDA-graph capture) and public reports put it at 27-47 us/step
+    # against ~8-10 us for lax.scan; benchmarks/gpu.py measures both -- put "cudnn" first only if it wins.
+    # "parallel" is research mode and never picked by "auto".
+    "gpu": ("fused", "scan"),
+    "tpu": ("fused", "scan"),
+}
+_AUTO_DEFAULT = ("scan",)
+
+
+def names() -> tuple[str, ...]:
+    """The registered backend names, in registration order (``"auto"`` is not one of them)."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    """The registry entry for ``name``; ``ValueError`` naming the valid names otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"expected impl in {('auto',) + names()}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def _module(backend: Backend):
+    return importlib.import_module(f"lstm_jax.backends.{backend.module}")
+
+
+def unsupported(name: str, params, xs, call: LayerCall) -> Optional[str]:
+    """Why backend ``name`` cannot run this call, or None if it can."""
+    return _module(get(name)).unsupported(params, xs, call)
+
+
+def _platform() -> str:
+    return jax.default_backend()
+
+
+def choose(params, xs, call: LayerCall, platform: Optional[str] = None) -> str:
+    """The backend ``impl="auto"`` runs: the first of ``AUTO_ORDER[platform]`` that supports the call.
+
+    Today: on CPU, GPU and TPU, ``"fused"`` for plain LSTMs (no peephole, LayerNorm,
+    projection or separate ``compute_dtype``; float32/float64 weights), else ``"scan"``.
+    ``platform`` defaults to ``jax.default_backend()``.
+    """
+    order = AUTO_ORDER.get(platform or _platform(), _AUTO_DEFAULT)
+    for name in order:
+        if unsupported(name, params, xs, call) is None:
+            return name
+    return "scan"
+
+
+def resolve(impl: str, params, xs, call: LayerCall) -> str:
+    """``impl`` itself if it can run the call, ``choose(...)`` for ``"auto"``.
+
+    Raises:
+      ValueError: for an unknown name, or a backend that cannot serve the call, naming the
+        reason and the backends that could.
+    """
+    if impl == "auto":
+        return choose(params, xs, call)
+    reason = unsupported(impl, params, xs, call)
+    if reason is not None:
+        able = [n for n in names() if n != impl and unsupported(n, params, xs, call) is None]
+        raise ValueError(f"impl={impl!r} cannot run this call: {reason}; backends that can: {', '.join(able)}")
+    return impl
+
+
+def run(impl: str, params, xs: Array, call: LayerCall) -> tuple[Array, PyTree]:
+    """Run the network ``params`` over ``xs: [b, t, d_in]`` with backend ``impl`` (or ``"auto"``)."""
+    backend = get(resolve(impl, params, xs, call))
+    return _module(backend).run(params, xs, call, **dict(backend.options))
+
+
+def describe() -> str:
+    """A markdown table of the registered backends and the ``auto`` order per platform."""
+    rows = ["| impl | module | what it is |", "|---|---|---|"]
+    rows += [f"| `{b.name}` | `backends.{b.module}` | {b.summary} |" for b in _REGISTRY.values()]
+    rows += ["", "| platform | `impl=\"auto\"` tries, in order |", "|---|---|"]
+    rows += [f"| {p} | {', '.join(order)} |" for p, order in AUTO_ORDER.items()]
+    return "\n".join(rows)
