@@ -364,11 +364,11 @@ def minibatches(
 
     The order is ``epoch_permutation(key(seed), epoch, N)`` when shuffling, so the same
     ``(seed, epoch)`` always yields the same batches; ``start`` skips the first batches
-    (resume mid-epoch). Leaves are NumPy arrays.
+    (resume mid-epoch). Leaves are NumPy arrays. Example::
 
-    >>> for epoch in range(10):
-    ...     for batch in minibatches(train, 32, seed=0, epoch=epoch):
-    ...         state, metrics = step(state, batch)
+        for epoch in range(10):
+            for batch in minibatches(train, 32, seed=0, epoch=epoch):
+                state, metrics = step(state, batch)
     """
     n = data_size(data)
     nb = num_batches(n, batch_size, drop_last=drop_last)

@@ -444,9 +444,11 @@ def adding_problem(key, batch_size: int, length: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from lstm_jax.keys import as_key
+
     if length < 2:
         raise ValueError(f"expected length >= 2, got {length}")
-    k_val, k_a, k_b = jax.random.split(key, 3)
+    k_val, k_a, k_b = jax.random.split(as_key(key), 3)
     values = jax.random.uniform(k_val, (batch_size, length))
     half = length // 2
     first = jax.random.randint(k_a, (batch_size,), 0, half)
@@ -474,9 +476,11 @@ def temporal_order(key, batch_size: int, length: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from lstm_jax.keys import as_key
+
     if length < 20:
         raise ValueError(f"expected length >= 20 for the temporal-order task, got {length}")
-    k_sym, k_t1, k_t2, k_cls = jax.random.split(key, 4)
+    k_sym, k_t1, k_t2, k_cls = jax.random.split(as_key(key), 4)
     symbols = jax.random.randint(k_sym, (batch_size, length), 0, 4)
     t1 = jax.random.randint(k_t1, (batch_size,), length // 10, max(length // 5, length // 10 + 1))
     t2 = jax.random.randint(k_t2, (batch_size,), length // 2, max(3 * length // 5, length // 2 + 1))

@@ -1,0 +1,77 @@
+"""The backend registry: names, the impl="auto" policy, refusals that name the reason and the
+backends that can, and a conformance check of every registered backend against the scan
+reference on one call with lengths, two layers and both directions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_jax
+from lstm_jax import backends
+from lstm_jax.backends import LayerCall
+from lstm_jax.layers import init_gru, init_lstm
+
+KEY = jax.random.key(0)
+XS = jax.random.normal(jax.random.key(1), (3, 6, 4))
+LENGTHS = jnp.array([6, 1, 4], jnp.int32)
+
+
+def test_registry_lists_reference_and_fused():
+    assert backends.names()[0] == "scan"
+    assert {"fused", "fused_recompute", "fused_checkpoint"} <= set(backends.names())
+    assert lstm_jax.layers.IMPLS[0] == "auto"
+    table = backends.describe()
+    for name in backends.names():
+        assert f"`{name}`" in table
+
+
+@pytest.mark.parametrize(
+    "params,expected",
+    [
+        (init_lstm(KEY, 4, 8), "fused"),
+        (init_lstm(KEY, 4, 8, peephole=True), "scan"),
+        (init_lstm(KEY, 4, 8, proj_size=3), "scan"),
+        (init_gru(KEY, 4, 8), "scan"),
+    ],
+    ids=["plain", "peephole", "proj", "gru"],
+)
+def test_auto_policy_on_cpu(params, expected):
+    assert backends.choose(params, XS, LayerCall(), platform="cpu") == expected
+    assert backends.choose(params, XS, LayerCall(compute_dtype=jnp.bfloat16), platform="cpu") == "scan"
+
+
+def test_auto_runs_what_it_chooses():
+    params = init_lstm(KEY, 4, 8, num_layers=2)
+    auto = lstm_jax.lstm(params, XS, lengths=LENGTHS, impl="auto")
+    chosen = lstm_jax.lstm(params, XS, lengths=LENGTHS, impl=backends.choose(params, XS, LayerCall()))
+    for a, b in zip(jax.tree_util.tree_leaves(auto), jax.tree_util.tree_leaves(chosen)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_refusal_names_reason_and_alternatives():
+    params = init_gru(KEY, 4, 8)
+    with pytest.raises(ValueError, match=r"impl='fused' cannot run this call: .*GRUParams.*backends that can: .*scan"):
+        lstm_jax.gru(params, XS, impl="fused")
+    with pytest.raises(ValueError, match=r"expected impl in \('auto', 'scan'"):
+        lstm_jax.lstm(init_lstm(KEY, 4, 8), XS, impl="nope")
+
+
+@pytest.mark.parametrize("name", backends.names())
+def test_every_backend_matches_scan_or_says_why_not(name):
+    params = init_lstm(KEY, 4, 5, num_layers=2, bidirectional=True)
+    h0 = jax.random.normal(jax.random.key(2), (3, 2, 2, 5))
+    state0 = lstm_jax.LSTMCarry(h0, -h0)
+    call = LayerCall(lengths=LENGTHS, initial_state=state0)
+    reason = backends.unsupported(name, params, XS, call)
+    if reason is not None:  # e.g. cuDNN off a GPU: refused with a reason, never run
+        assert isinstance(reason, str) and reason
+        with pytest.raises(ValueError, match="cannot run this call"):
+            backends.run(name, params, XS, call)
+        return
+    ref = backends.run("scan", params, XS, call)
+    got = backends.run(name, params, XS, call)
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
