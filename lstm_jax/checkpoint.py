@@ -17,9 +17,13 @@ the rename and the manifest leaves a step without manifest, which counts as part
 and raises ``CheckpointError`` for a checkpoint that is partial, garbled, or written for a
 differently shaped tree: a damaged checkpoint is detected, never loaded.
 
->>> store = CheckpointStore("ckpt", keep=3)
->>> store.save(100, state, meta={"epoch": 2})
->>> state, meta = store.restore(state)                 # latest step; ``state`` gives the structure
+>>> import tempfile
+>>> state = {"w": jnp.arange(3.0), "rng": jax.random.key(0)}
+>>> store = CheckpointStore(tempfile.mkdtemp() + "/ckpt", keep=3)
+>>> path = store.save(100, state, meta={"epoch": 2})    # the step directory
+>>> restored, meta = store.restore(state)              # latest step; ``state`` gives the structure
+>>> meta["epoch"], restored["w"].tolist()
+(2, [0.0, 1.0, 2.0])
 >>> store.close()
 
 One-shot helpers: ``save(directory, step, tree)``, ``restore(directory, like)``,

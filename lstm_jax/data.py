@@ -9,10 +9,12 @@ mismatched feature counts.
 A batch is any pytree (usually a dict) of arrays sharing the leading axis ``N``:
 ``{"x": [N, t, d], "y": [N, k]}``.
 
+>>> temp, rain = np.sin(np.arange(100.0) / 7) * 10 + 12, np.cos(np.arange(100.0))
 >>> series = np.stack([temp, rain], axis=1)                     # [n, 2], chronological
 >>> splits = prepare_windows(series, window=6, target_cols=[0])  # "last six days -> next day"
->>> splits.train["x"].shape, splits.train["y"].shape             # ([s, 6, 2], [s, 1]), scaled
->>> y_celsius = unscale(splits.scaler, y_pred, columns=[0])
+>>> splits.train["x"].shape[1:], splits.train["y"].shape[1:]     # [s, 6, 2], [s, 1], scaled
+((6, 2), (1,))
+>>> y_celsius = unscale(splits.scaler, splits.test["y"], columns=[0])   # back to degrees
 """
 
 from __future__ import annotations
@@ -298,8 +300,8 @@ def prepare_windows(
             f"expected a train split longer than window + horizon = {window + horizon} rows, got {tr.stop} rows"
         )
     scaler = fit_scaler(a[tr]) if scale_data else None
-    z = scale(scaler, a).astype(dtype) if scale_data else a.astype(dtype)
-    x, y = make_windows(z, window=window, horizon=horizon, stride=stride, feature_cols=fcols, target_cols=tcols)
+    z = scale(scaler, a).astype(dtype) if scale_data else a.astype(dtype)  # type: ignore[arg-type]
+    x, y = make_windows(z, window=window, horizon=horizon, stride=stride, feature_cols=fcols, target_cols=tcols)  # type: ignore[arg-type]
     target_row = np.arange(x.shape[0]) * stride + window + horizon - 1
 
     def part(rows: slice) -> dict:

@@ -276,7 +276,7 @@ def load_ts_file(path: str) -> tuple:
             labels.append(label.strip())
     if not in_data or not series:
         raise DatasetError(f"expected an @data section with rows in {path!r}, got none")
-    dims = {s.shape[1] for s in series}
+    dims = {s.shape[1] for s in series}  # type: ignore[assignment]
     if len(dims) != 1:
         raise DatasetError(f"expected every series in {path!r} to have the same number of channels, got {sorted(dims)}")
     return series, labels, class_names

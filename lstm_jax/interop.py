@@ -148,7 +148,7 @@ def from_torch(module: Any, *, dtype: Optional[DType] = None) -> Union[StackPara
                 kind, module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh, None, dtype
             )
     stack_kinds = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
-    kind = next((k for cls, k in stack_kinds.items() if isinstance(module, cls)), None)
+    kind = next((k for cls, k in stack_kinds.items() if isinstance(module, cls)), None)  # type: ignore[assignment]
     if kind is None:
         raise TypeError(
             "expected a torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell module, "
@@ -293,10 +293,10 @@ def to_torch(params: Union[StackParams, CellParams], *, batch_first: bool = True
         kind = type(params)
         n = _N_GATES[kind]
         d_in, d_h = params.w_x.shape[0], params.w_x.shape[-1] // n
-        if kind is LSTMParams and params.w_proj is not None:
+        if kind is LSTMParams and params.w_proj is not None:  # type: ignore[union-attr]
             raise ValueError(
                 "expected LSTMParams without w_proj (torch.nn.LSTMCell has no proj_size; wrap the cell in "
-                f"StackParams(((params,),)) to get a torch.nn.LSTM), got w_proj of shape {tuple(params.w_proj.shape)}"
+                f"StackParams(((params,),)) to get a torch.nn.LSTM), got w_proj of shape {tuple(params.w_proj.shape)}"  # type: ignore[union-attr]
             )
         _check_cell_shapes(params, "params", d_in, d_h, d_h, False)
         cls = {LSTMParams: nn.LSTMCell, GRUParams: nn.GRUCell, RNNParams: nn.RNNCell}[kind]
@@ -328,7 +328,7 @@ def to_torch(params: Union[StackParams, CellParams], *, batch_first: bool = True
             d_in = d_in0 if l == 0 else num_directions * d_out
             _check_cell_shapes(cell, where, d_in, d_h, d_out, proj)
     cls = {LSTMParams: nn.LSTM, GRUParams: nn.GRU, RNNParams: nn.RNN}[kind]
-    extra = {"proj_size": d_out if proj else 0} if kind is LSTMParams else {}
+    extra = {"proj_size": d_out if proj else 0} if kind is LSTMParams else {}  # type: ignore[dict-item]
     if kind is RNNParams:
         extra = {"nonlinearity": "tanh"}
     module = cls(
@@ -478,8 +478,8 @@ def from_flax(
         w_x, b_x = _concat_dense(d, _FLAX_GRU_KEYS[:3], dtype)
         w_h, b_h = _concat_dense(d, _FLAX_GRU_KEYS[3:], dtype)
     elif keys == {"dense_i", "dense_h"}:
-        w_x, b_x = _fused_dense(d, "dense_i", dtype)
-        w_h, b_h = _fused_dense(d, "dense_h", dtype)
+        w_x, b_x = _fused_dense(d, "dense_i", dtype)  # type: ignore[assignment]
+        w_h, b_h = _fused_dense(d, "dense_h", dtype)  # type: ignore[assignment]
         rows, cols = w_h.shape
         if cols not in (3 * rows, 4 * rows):
             raise ValueError(
@@ -579,5 +579,5 @@ def from_keras(layer: Any, *, dtype: Optional[DType] = None) -> StackParams:
         params = GRUParams(w_x=zrh_to_rzn(w_x), w_h=zrh_to_rzn(w_h), b_x=zrh_to_rzn(b_x), b_h=zrh_to_rzn(b_h))
     else:
         b = _jax_of(cell.bias, dtype) if cell.use_bias else jnp.zeros((cols,), w_x.dtype)
-        params = (LSTMParams if name == "LSTM" else RNNParams)(w_x=w_x, w_h=w_h, b=b)
+        params = (LSTMParams if name == "LSTM" else RNNParams)(w_x=w_x, w_h=w_h, b=b)  # type: ignore[assignment]
     return StackParams(((params,),))

@@ -315,7 +315,7 @@ def _validate(params: StackParams, xs, lengths, initial_state) -> None:
         exp_leaves, exp_def = jax.tree_util.tree_flatten(expected)
         got_leaves, got_def = jax.tree_util.tree_flatten(initial_state)
         kind = "LSTMCarry(h, c)" if cell is LSTM_CELL else "an array h"
-        if exp_def != got_def:
+        if exp_def != got_def:  # type: ignore[operator]
             raise TypeError(f"expected initial_state to be {kind}, got {type(initial_state).__name__}")
         for e, g in zip(exp_leaves, got_leaves):
             if tuple(g.shape) != tuple(e.shape):
@@ -368,8 +368,12 @@ _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack
       ``(ys: [b, t, D*d_out], final_state)``, final-state leaves ``[b, L, D, d]``.
 
     Raises:
-      ValueError/TypeError at trace time for a wrong rank, feature size, dtype, ``lengths``
-      shape/dtype/range (range checked when ``lengths`` is concrete) or ``initial_state`` shape.
+      ValueError: at trace time for a wrong rank or feature size, ``lengths`` of the wrong
+        shape or out of ``[1, t]`` (checked when ``lengths`` is concrete), an
+        ``initial_state`` of the wrong shape, a dropout rate outside ``[0, 1)``, or an
+        ``impl`` that cannot serve the call.
+      TypeError: for a non-array or non-floating ``xs``, integer-free ``lengths``, an
+        ``initial_state`` of the wrong kind, or a ``dropout_key`` that is not a PRNG key.
     """
 
 

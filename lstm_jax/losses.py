@@ -9,9 +9,15 @@ pooled together.
 Shapes: ``b`` batch, ``t`` time steps, ``k`` regression targets, ``V`` vocabulary size,
 ``C`` classes.
 
->>> loss = mse(pred, target, lengths=lengths)          # pred, target: [b, t, k]
->>> ce = softmax_cross_entropy(logits, labels)          # logits: [b, t, V], labels: [b, t]
->>> y_last = last_valid(ys, lengths)                    # [b, t, d] -> [b, d]
+>>> pred, target, lengths = jnp.ones((2, 3, 1)), jnp.zeros((2, 3, 1)), jnp.array([3, 1])
+>>> float(mse(pred, target, lengths=lengths))          # pred, target: [b, t, k]
+1.0
+>>> logits, labels = jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), jnp.int32)
+>>> round(float(softmax_cross_entropy(logits, labels)), 4)   # logits: [b, t, V]: log(4)
+1.3863
+>>> ys = jnp.arange(12.0).reshape(2, 3, 2)
+>>> last_valid(ys, lengths).tolist()                    # [b, t, d] -> [b, d]
+[[4.0, 5.0], [6.0, 7.0]]
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def _check_same_structure(expected: PyTree, got: PyTree, what: str) -> None:
     """Raise unless ``got`` has the tree structure, shapes and dtypes of ``expected``."""
     exp_leaves, exp_def = jax.tree_util.tree_flatten(expected)
     got_leaves, got_def = jax.tree_util.tree_flatten(got)
-    if exp_def != got_def:
+    if exp_def != got_def:  # type: ignore[operator]
         raise TypeError(f"expected {what} with structure {exp_def}, got {got_def}")
     exp = [(tuple(a.shape), jnp.dtype(a.dtype)) for a in exp_leaves]
     have = [(tuple(a.shape), jnp.dtype(a.dtype)) for a in got_leaves]
@@ -197,7 +197,7 @@ class _RecurrentNNX(nnx.Module):
         if dropout > 0.0 or recurrent_dropout > 0.0:
             if rngs is None:
                 raise ValueError(
-                    f"expected rngs (an nnx.Rngs with a 'dropout' or default stream) when dropout > 0, got None"
+                    "expected rngs (an nnx.Rngs with a 'dropout' or default stream) when dropout > 0, got None"
                 )
             self.rngs = rngs["dropout"].fork()
         else:
@@ -305,7 +305,7 @@ class LSTM(_RecurrentNNX):
         forget_bias: float = 1.0,
         **options: Any,
     ):
-        cell_options = dict(proj_size=proj_size, peephole=peephole, layer_norm=layer_norm, forget_bias=forget_bias)
+        cell_options: dict[str, Any] = dict(proj_size=proj_size, peephole=peephole, layer_norm=layer_norm, forget_bias=forget_bias)
         super().__init__(input_size, hidden_size, **options, **cell_options)
 
 

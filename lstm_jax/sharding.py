@@ -7,9 +7,11 @@ the mean over the batch into an all-reduce of the gradients. On several hosts ca
 ``shard_batch`` builds the global batch from each process's slice of it.
 
 >>> mesh = data_mesh()                                    # all devices
->>> state = replicate(state, mesh)
->>> batch = shard_batch(host_batch, mesh)                 # leaves [B, ...], B % devices == 0
->>> step = jax.jit(train_step, out_shardings=(replicated(mesh), replicated(mesh)))
+>>> state = replicate({"w": jnp.ones(3)}, mesh)
+>>> batch = shard_batch({"x": np.ones((4 * len(jax.devices()), 2))}, mesh)   # B % devices == 0
+>>> step = jax.jit(lambda s, b: (s, b["x"].sum()), out_shardings=(replicated(mesh), replicated(mesh)))
+>>> float(step(state, batch)[1]) == 8 * len(jax.devices())
+True
 """
 
 from __future__ import annotations

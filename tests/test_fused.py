@@ -193,7 +193,7 @@ def test_auto_falls_back_and_fused_refuses_cells_it_does_not_support():
     with pytest.raises(ValueError, match="expected plain LSTM params"):
         lstm_jax.gru(lstm_jax.init_gru(k, 3, 4), xs, impl="fused")
     with pytest.raises(ValueError, match="expected impl in"):
-        lstm_jax.lstm(lstm_jax.init_lstm(k, 3, 4), xs, impl="cudnn")
+        lstm_jax.lstm(lstm_jax.init_lstm(k, 3, 4), xs, impl="no_such_backend")
     cell, carry = init_lstm_cell(k, 3, 4), LSTMCarry(jnp.zeros((2, 4)), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="expected memory in"):
         lstm_layer(cell, carry, jnp.ones((4, 2, 3)), memory="none")

@@ -83,7 +83,7 @@ register("fused_checkpoint", "fused", "as fused, stores (h, c) every ~sqrt(t) st
 register("cudnn", "cudnn", "plain float32 LSTMs on a CUDA/ROCm GPU: one jax.experimental.rnn (cuDNN) call per network")
 register("parallel", "parallel", "research: plain LSTMs evaluated parallel in time (quasi-DEER Newton iterations, "
          "associative scan), sequential fallback")
-register("pallas", "pallas", "plain LSTMs: time loop inside one Pallas kernel (Triton on GPU, interpret on CPU), custom VJP")
+register("pallas", "pallas", "plain/peephole LSTMs: time loop inside one Pallas kernel (Triton on GPU, interpret on CPU)")
 
 # impl="auto": per platform, the first of these that supports the call (see ``choose``).
 # CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast

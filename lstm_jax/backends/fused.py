@@ -48,12 +48,13 @@ Reverse mode only: like any ``jax.custom_vjp``, this layer supports ``jax.grad``
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from lstm_jax.backends.fused_core import _Config, _core, _valid, _Weights
+from lstm_jax.backends.masking import per_example_dropout_keys, permute_valid_prefix
 from lstm_jax.cells import LSTMCarry, LSTMParams
 from lstm_jax.layers import dropout_mask, stack_states
 from lstm_jax.typing import Array, DType, PRNGKey
@@ -71,12 +72,6 @@ __all__ = [
 
 MEMORY_MODES = ("gates", "recompute", "checkpoint")
 
-
-
-class _Weights(NamedTuple):
-    w_x: Array  # [d_in, 4*d_h]
-    w_h: Array  # [d_h, 4*d_h]
-    b: Array  # [4*d_h]
 
 
 def unfusable_reason(params, compute_dtype: Optional[DType] = None) -> Optional[str]:
@@ -101,340 +96,6 @@ def unfusable_reason(params, compute_dtype: Optional[DType] = None) -> Optional[
 def is_fusable(params, compute_dtype: Optional[DType] = None) -> bool:
     """Whether ``lstm_layer`` supports these cell params (see ``unfusable_reason``)."""
     return unfusable_reason(params, compute_dtype) is None
-
-
-# --------------------------------------------------------------------------- cell math
-def _act_consts(dtype):
-    """``act = tanh(z * s) * m + a``: sigmoid for gates i, f, o and tanh for g, in one op.
-
-    ``sigmoid(x) = 0.5 * tanh(0.5 x) + 0.5``, so the four gates of a step are one fused
-    elementwise op over ``[..., 4, d_h]``. Shapes ``[4, 1]``.
-    """
-    s = jnp.asarray([[0.5], [0.5], [1.0], [0.5]], dtype)
-    a = jnp.asarray([[0.5], [0.5], [0.0], [0.5]], dtype)
-    return s, s, a  # scale in, scale out (same numbers), shift
-
-
-def _cell(z: Array, h: Array, c: Array, valid: Optional[Array], store: bool):
-    """One step's elementwise part, for any leading shape.
-
-    Args:
-      z: ``[..., 4*d_h]`` pre-activations (input projection + bias + recurrent term).
-      h, c: ``[..., d_h]`` carry before the step.
-      valid: ``[..., 1]`` bool, or None (all valid).
-      store: also return the backward residual ``r: [..., 6, d_h]``: ``G`` (4 rows), the
-        derivatives of ``c_t`` w.r.t. the pre-activations of i, f, g and of ``h_t`` w.r.t.
-        that of o; ``E = o * (1 - tanh(c_t)^2)``; ``F`` = the forget gate. The backward step
-        is then ``dc += dh * E``, ``dz = G * [dc, dc, dc, dh]``, ``dc_prev = dc * F``. At
-        invalid steps ``G = E = 0`` and ``F = 1``, so the cotangents pass through unchanged.
-
-    Returns:
-      ``(h', c', y, r)`` with ``y`` zero at invalid steps (``r`` None unless ``store``).
-    """
-    d_h = c.shape[-1]
-    zr = z.reshape(z.shape[:-1] + (4, d_h))
-    s, m, a = (v.reshape((1,) * (zr.ndim - 2) + (4, 1)) for v in _act_consts(z.dtype))
-    act = jnp.tanh(zr * s) * m + a  # one elementwise op for all four gates
-    i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
-    c_new = f * c + i * g
-    tc = jnp.tanh(c_new)
-    h_new = o * tc
-    r = None
-    if store:
-        gd = jnp.stack([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], axis=-2)
-        e = o * (1 - tc * tc)
-        if valid is not None:
-            gd = jnp.where(valid[..., None], gd, 0)
-            e = jnp.where(valid, e, 0)
-            f = jnp.where(valid, f, 1)
-        r = jnp.concatenate([gd, e[..., None, :], f[..., None, :]], axis=-2)
-    if valid is None:
-        return h_new, c_new, h_new, r
-    return jnp.where(valid, h_new, h), jnp.where(valid, c_new, c), jnp.where(valid, h_new, 0), r
-
-
-def _valid(steps: Array, lengths: Optional[Array]) -> Optional[Array]:
-    """``[..., b, 1]`` bool from step indices ``[...]`` and ``lengths: [b]``."""
-    if lengths is None:
-        return None
-    steps = jnp.asarray(steps)
-    return (steps[..., None] < lengths.reshape((1,) * steps.ndim + lengths.shape))[..., None]
-
-
-# --------------------------------------------------------------------------- forward
-def _forward(w: _Weights, h0, c0, xs, lengths, rmask, *, unroll: int, hoist: int, store: Optional[str], t0=0):
-    """Run the LSTM over ``xs: [t, b, d_in]`` from ``(h0, c0): [b, d_h]``.
-
-    ``store``: None, ``"res"`` (emit the residual ``r: [t, b, 6, d_h]``) or ``"c"`` (emit the
-    cell states ``[t, b, d_h]``). ``t0`` offsets the step index used for masking.
-    Returns ``((h_T, c_T), ys: [t, b, d_h], extra)``.
-    """
-    t, b, d_in = xs.shape
-    wh = w.w_h
-
-    def rec(h):
-        hm = h if rmask is None else h * rmask
-        return hm @ wh
-
-    def emit(y, c, r):
-        if store == "res":
-            return y, r
-        if store == "c":
-            return y, c
-        return y, None
-
-    if hoist == 0 or t == 1:
-
-        def step(carry, inp):
-            h, c = carry
-            x, s = inp
-            z = x @ w.w_x + rec(h) + w.b[None]
-            h, c, y, r = _cell(z, h, c, _valid(s, lengths), store == "res")
-            return (h, c), emit(y, c, r)
-
-        steps = t0 + jnp.arange(t)
-        (h, c), (ys, extra) = jax.lax.scan(step, (h0, c0), (xs, steps), unroll=max(1, min(unroll, t)))
-        return (h, c), ys, extra
-
-    if hoist >= t:
-        zx = (xs.reshape(t * b, d_in) @ w.w_x + w.b[None]).reshape(t, b, -1)
-
-        def step(carry, inp):
-            h, c = carry
-            z, s = inp
-            h, c, y, r = _cell(z + rec(h), h, c, _valid(s, lengths), store == "res")
-            return (h, c), emit(y, c, r)
-
-        steps = t0 + jnp.arange(t)
-        (h, c), (ys, extra) = jax.lax.scan(step, (h0, c0), (zx, steps), unroll=max(1, min(unroll, t)))
-        return (h, c), ys, extra
-
-    k = hoist
-    n = -(-t // k)
-    pad = n * k - t
-    lens = lengths
-    if pad:  # the padded steps at the end must not touch the carry
-        end = jnp.full((b,), t0 + t, jnp.int32)
-        lens = end if lens is None else jnp.minimum(lens, end)
-    xc = jnp.pad(xs, ((0, pad), (0, 0), (0, 0))).reshape(n, k, b, d_in)
-
-    def chunk(carry, inp):
-        h, c = carry
-        x, j0 = inp
-        zx = (x.reshape(k * b, d_in) @ w.w_x + w.b[None]).reshape(k, b, -1)
-        outs = []
-        for j in range(k):
-            h, c, y, r = _cell(zx[j] + rec(h), h, c, _valid(j0 + j, lens), store == "res")
-            outs.append(emit(y, c, r))
-        return (h, c), jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
-
-    starts = t0 + k * jnp.arange(n)
-    (h, c), (ys, extra) = jax.lax.scan(chunk, (h0, c0), (xc, starts), unroll=max(1, min(unroll, n)))
-    unchunk = lambda a: a.reshape((n * k,) + a.shape[2:])[:t]  # noqa: E731
-    return (h, c), unchunk(ys), (None if extra is None else unchunk(extra))
-
-
-# --------------------------------------------------------------------------- backward
-def _reverse_cells(w_hT, r, dys, steps, lengths, rmask, dh, dc):
-    """The sequential part of the backward pass: one GEMM per step.
-
-    ``r: [t, b, 6, d_h]`` residuals, ``dys: [t, b, d_h]``; ``(dh, dc): [b, d_h]`` cotangents of
-    the carry after the last step. Returns ``((dh_0, dc_0), dz: [t, b, 4*d_h])``.
-    """
-    b, d_h = dh.shape
-    oslot = jnp.asarray([[[0.0], [0.0], [0.0], [1.0]]], r.dtype)  # [1, 4, 1]
-
-    def step(carry, inp):
-        dh, dc = carry
-        dy, rr, s = inp
-        valid = _valid(s, lengths)
-        if valid is not None:
-            dy = jnp.where(valid, dy, 0)
-        dh = dh + dy
-        dc = dc + dh * rr[:, 4]
-        m = dc[:, None, :] + oslot * (dh - dc)[:, None, :]
-        dz = (rr[:, :4] * m).reshape(b, 4 * d_h)
-        dh_prev = dz @ w_hT
-        if rmask is not None:
-            dh_prev = dh_prev * rmask
-        if valid is not None:
-            dh_prev = jnp.where(valid, dh_prev, dh)
-        return (dh_prev, dc * rr[:, 5]), dz
-
-    return jax.lax.scan(step, (dh, dc), (dys, r, steps), reverse=True)
-
-
-def _tdot(a: Array, b: Array) -> Array:
-    """``sum_{t,b} a[t, b, :]^T b[t, b, :]``: one GEMM contracting time and batch."""
-    a2 = a.reshape(-1, a.shape[-1])
-    b2 = b.reshape(-1, b.shape[-1])
-    # XLA:CPU runs a dot that contracts both operands' leading axis on its slower generic
-    # path (measured 45 vs 82 GFLOP/s at [2048, 64]^T [2048, 256]); a materialised transpose,
-    # kept by the barrier (XLA would fold it back into the dot), makes it a plain matmul.
-    return jax.lax.optimization_barrier(a2.T) @ b2
-
-
-def _h_prev(h0, ys, rmask):
-    """``[t, b, d_h]``: the (masked) ``h`` that entered each step's recurrent matmul."""
-    hp = jnp.concatenate([h0[None], ys[:-1]], axis=0)
-    return hp if rmask is None else hp * rmask[None]
-
-
-def _weight_grads(w: _Weights, xs, h_prev, dz):
-    """``(dW_x, dW_h, db, dX)`` from ``dz: [t, b, 4*d_h]`` as single large GEMMs."""
-    t, b, _ = xs.shape
-    dw_x = _tdot(xs, dz)
-    dw_h = _tdot(h_prev, dz)
-    db = jnp.sum(dz.reshape(t * b, -1), axis=0)
-    dxs = (dz.reshape(t * b, -1) @ w.w_x.T).reshape(xs.shape)
-    return dw_x, dw_h, db, dxs
-
-
-class _Config(NamedTuple):
-    memory: str
-    unroll: int
-    hoist: int
-    chunk: int  # backward chunk (recompute) / checkpoint interval (checkpoint)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _core(cfg: _Config, w: _Weights, h0, c0, xs, lengths, rmask):
-    (h, c), ys, _ = _forward(w, h0, c0, xs, lengths, rmask, unroll=cfg.unroll, hoist=cfg.hoist, store=None)
-    return (h, c), ys
-
-
-def _core_fwd(cfg: _Config, w: _Weights, h0, c0, xs, lengths, rmask):
-    with jax.named_scope("fused_lstm_forward"):
-        if cfg.memory == "gates":
-            (h, c), ys, r = _forward(w, h0, c0, xs, lengths, rmask, unroll=cfg.unroll, hoist=cfg.hoist, store="res")
-            res = (w, h0, c0, xs, lengths, rmask, ys, r)
-        elif cfg.memory == "recompute":
-            (h, c), ys, cs = _forward(w, h0, c0, xs, lengths, rmask, unroll=cfg.unroll, hoist=cfg.hoist, store="c")
-            res = (w, h0, c0, xs, lengths, rmask, ys, cs)
-        else:
-            (h, c), ys, bounds = _checkpoint_forward(cfg, w, h0, c0, xs, lengths, rmask)
-            res = (w, h0, c0, xs, lengths, rmask, None, bounds)
-    return ((h, c), ys), res
-
-
-def _chunked(a: Array, n: int, k: int) -> Array:
-    """``[t, ...] -> [n, k, ...]``, zero-padded at the end."""
-    pad = n * k - a.shape[0]
-    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape((n, k) + a.shape[1:])
-
-
-def _checkpoint_forward(cfg: _Config, w, h0, c0, xs, lengths, rmask):
-    t, b, _ = xs.shape
-    k = cfg.chunk
-    n = -(-t // k)
-    lens = lengths if lengths is not None or n * k == t else jnp.full((b,), t, jnp.int32)
-
-    def chunk(carry, inp):
-        x, j0 = inp
-        new, ys, _ = _forward(w, *carry, x, lens, rmask, unroll=cfg.unroll, hoist=cfg.hoist, store=None, t0=j0)
-        return new, (ys, carry)
-
-    (h, c), (ys, bounds) = jax.lax.scan(chunk, (h0, c0), (_chunked(xs, n, k), k * jnp.arange(n)))
-    return (h, c), ys.reshape((n * k,) + ys.shape[2:])[:t], bounds
-
-
-def _core_bwd(cfg: _Config, res, cts):
-    (dh, dc), dys = cts
-    w, h0, c0, xs, lengths, rmask, ys, stored = res
-    t, b, _ = xs.shape
-    w_hT = w.w_h.T
-    with jax.named_scope("fused_lstm_backward"):
-        if cfg.memory == "gates":
-            (dh0, dc0), dz = _reverse_cells(w_hT, stored, dys, jnp.arange(t), lengths, rmask, dh, dc)
-            dw_x, dw_h, db, dxs = _weight_grads(w, xs, _h_prev(h0, ys, rmask), dz)
-        else:
-            (dh0, dc0), (dw_x, dw_h, db), dxs = _chunked_backward(cfg, w, w_hT, h0, c0, xs, lengths, rmask, ys,
-                                                                    stored, dys, dh, dc)
-    grads_w = _Weights(dw_x.astype(w.w_x.dtype), dw_h.astype(w.w_h.dtype), db.astype(w.b.dtype))
-    # lengths are integers (no cotangent); the recurrent mask is treated as a constant
-    # (the caller stops its gradient).
-    return grads_w, dh0, dc0, dxs.astype(xs.dtype), None, None if rmask is None else jnp.zeros_like(rmask)
-
-
-def _chunked_backward(cfg: _Config, w, w_hT, h0, c0, xs, lengths, rmask, ys, stored, dys, dh, dc):
-    """Backward pass chunk by chunk (``recompute`` and ``checkpoint`` modes).
-
-    Per chunk (last to first): get the residuals of its ``k`` steps (recomputed from the
-    stored ``h``/``c`` with two large matmuls, or by re-running the forward from the
-    checkpointed carry), run the reverse cell scan, and accumulate the weight gradients
-    with one GEMM each.
-    """
-    t, b, d_in = xs.shape
-    d_h = h0.shape[-1]
-    k = cfg.chunk
-    n = -(-t // k)
-    lens = lengths if lengths is not None or n * k == t else jnp.full((b,), t, jnp.int32)
-    steps = k * jnp.arange(n)
-
-    if cfg.memory == "recompute":
-        hp = jnp.concatenate([h0[None], ys[:-1]], axis=0)  # h entering each step (valid steps)
-        cp = jnp.concatenate([c0[None], stored[:-1]], axis=0)
-        chunk_in = (_chunked(xs, n, k), _chunked(dys, n, k), steps, _chunked(hp, n, k), _chunked(cp, n, k))
-    else:
-        chunk_in = (_chunked(xs, n, k), _chunked(dys, n, k), steps, stored)
-
-    def chunk(carry, inp):
-        dh, dc, gw_x, gw_h, gb = carry
-        if cfg.memory == "recompute":
-            x, dy, j0, hp_c, cp_c = inp
-            hpm = hp_c if rmask is None else hp_c * rmask[None]
-            z = (x.reshape(k * b, d_in) @ w.w_x + hpm.reshape(k * b, d_h) @ w.w_h + w.b[None]).reshape(k, b, 4 * d_h)
-            valid = _valid(j0 + jnp.arange(k), lens)
-            _, _, _, r = _cell(z, hp_c, cp_c, valid, store=True)
-        else:
-            x, dy, j0, (hb, cb) = inp
-            _, ys_c, r = _forward(w, hb, cb, x, lens, rmask, unroll=cfg.unroll, hoist=cfg.hoist, store="res", t0=j0)
-            hpm = jnp.concatenate([hb[None], ys_c[:-1]], axis=0)
-            if rmask is not None:
-                hpm = hpm * rmask[None]
-        (dh, dc), dz = _reverse_cells(w_hT, r, dy, j0 + jnp.arange(k), lens, rmask, dh, dc)
-        gx, gh, g_b, dx = _weight_grads(w, x, hpm, dz)
-        return (dh, dc, gw_x + gx, gw_h + gh, gb + g_b), dx
-
-    zeros = (jnp.zeros_like(w.w_x), jnp.zeros_like(w.w_h), jnp.zeros_like(w.b))
-    (dh0, dc0, gw_x, gw_h, gb), dxs = jax.lax.scan(chunk, (dh, dc) + zeros, chunk_in, reverse=True)
-    return (dh0, dc0), (gw_x, gw_h, gb), dxs.reshape((n * k, b, d_in))[:t]
-
-
-_core.defvjp(_core_fwd, _core_bwd)
-
-
-# --------------------------------------------------------------------------- reversal
-def _reverse_index(t: int, lengths: Array) -> Array:
-    steps = jnp.arange(t)[:, None]
-    lengths = lengths[None]
-    return jnp.where(steps < lengths, lengths - 1 - steps, steps)  # [t, b]
-
-
-@jax.custom_vjp
-def _permute(x: Array, index: Array) -> Array:
-    return jnp.take_along_axis(x, index[:, :, None], axis=0)
-
-
-def _permute_fwd(x, index):
-    return _permute(x, index), index
-
-
-def _permute_bwd(index, ct):
-    # the valid-prefix reversal is its own inverse, so its transpose is itself (a gather,
-    # not the scatter-add autodiff would emit)
-    return _permute(ct, index), None
-
-
-_permute.defvjp(_permute_fwd, _permute_bwd)
-
-
-def permute_valid_prefix(x: Array, lengths: Optional[Array]) -> Array:
-    """Time-major ``reverse_valid_prefix``: ``x: [t, b, d]``, ``lengths: [b]`` or None (flip)."""
-    if lengths is None:
-        return jnp.flip(x, axis=0)
-    return _permute(x, _reverse_index(x.shape[0], lengths))
 
 
 # --------------------------------------------------------------------------- public layer
@@ -511,7 +172,7 @@ def lstm_layer(
         lengths = lengths.astype(jnp.int32)
         # padding replaced by zeros (as the core scan does): NaN/inf junk there must not reach
         # the weight gradients through dW_x = sum_t x_t^T dz_t, where dz_t = 0
-        x = jnp.where(_valid(jnp.arange(t), lengths), x, jnp.zeros_like(x))
+        x = jnp.where(_valid(jnp.arange(t), lengths), x, jnp.zeros_like(x))  # type: ignore[arg-type]
     if reverse:
         x = permute_valid_prefix(x, lengths)
     rmask = None if recurrent_mask is None else jax.lax.stop_gradient(recurrent_mask.astype(dt))
@@ -523,21 +184,6 @@ def lstm_layer(
 
 
 # --------------------------------------------------------------------------- network
-def _masks_like_run_stack(dropout_key: PRNGKey, b: int, num_layers: int, num_directions: int):
-    """Per-example keys exactly as ``layers._batched`` + ``layers.run_stack`` derive them.
-
-    Returns ``(k_between: [b, L] keys, k_rec: [b, L, D] keys)``.
-    """
-    keys = jax.random.split(dropout_key, b)
-
-    def one(key):
-        layer_keys = jax.random.split(key, num_layers)
-        pairs = jax.vmap(jax.random.split)(layer_keys)  # [L, 2]
-        return pairs[:, 0], jax.vmap(lambda k: jax.random.split(k, num_directions))(pairs[:, 1])
-
-    return jax.vmap(one)(keys)
-
-
 def fused_stack(
     params,
     xs: Array,
@@ -561,8 +207,14 @@ def fused_stack(
     Args:
       params: ``StackParams`` of plain LSTM cells.
       xs: ``[b, t, d_in]``.
-      lengths, initial_state, dropout, recurrent_dropout, variational_dropout, dropout_key,
-        unroll, hoist: as ``layers.lstm``.
+      lengths: optional ``[b]`` ints in ``[1, t]``, as ``layers.lstm``.
+      initial_state: optional ``LSTMCarry`` with leaves ``[b, L, D, d_h]``.
+      dropout: inter-layer dropout rate, as ``layers.lstm``.
+      recurrent_dropout: variational dropout rate on ``h``, as ``layers.lstm``.
+      variational_dropout: share the inter-layer mask across time.
+      dropout_key: PRNG key; None means no dropout.
+      unroll: unroll of the forward scan.
+      hoist: input projection chunking, as ``lstm_layer``.
       memory, chunk: see ``lstm_layer``.
 
     Returns:
@@ -574,7 +226,7 @@ def fused_stack(
     d_h = params.layers[0][0].w_h.shape[0]
     use_dropout = dropout_key is not None
     if use_dropout:
-        k_between, k_rec = _masks_like_run_stack(dropout_key, b, num_layers, num_directions)
+        k_between, k_rec = per_example_dropout_keys(dropout_key, b, num_layers, num_directions)  # type: ignore[arg-type]
     inputs = jnp.swapaxes(xs, 0, 1)  # [t, b, d_in]
     finals = []
     for l, layer in enumerate(params.layers):

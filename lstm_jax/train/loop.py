@@ -34,7 +34,6 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from lstm_jax import checkpoint as ckpt
 from lstm_jax import sharding as shd
 from lstm_jax.data import _key_of, data_size, epoch_permutation, take
 from lstm_jax.train import run_state as rs
@@ -54,13 +53,13 @@ def _fit_programs(loss_fn, optimizer, train_step, mesh, batch_size: int, eval_ba
     """Jitted (step, compiled epoch, evaluation) for ``fit``, cached so that repeated ``fit``
     calls with the same ``loss_fn``/``optimizer``/``train_step`` objects reuse compilations
     (resuming in the same process, sweeps, tests)."""
-    key = (loss_fn, optimizer, train_step, mesh, int(batch_size), int(eval_batch_size))
+    key: Optional[tuple] = (loss_fn, optimizer, train_step, mesh, int(batch_size), int(eval_batch_size))
     try:
-        hit = _PROGRAMS.get(key)
+        hit = _PROGRAMS.get(key)  # type: ignore[arg-type]
     except TypeError:  # unhashable user objects: no caching
         key, hit = None, None
     if hit is not None:
-        _PROGRAMS.move_to_end(key)
+        _PROGRAMS.move_to_end(key)  # type: ignore[arg-type]
         return hit
     repl = shd.replicated(mesh)
     step_fn = train_step or make_train_step(loss_fn, optimizer)
@@ -323,7 +322,7 @@ def _compiled_epoch(run: Run, setup: _Setup, opts: _Options, stores: tuple, epoc
 # --------------------------------------------------------------------------- stage: end of epoch
 def _end_epoch(run: Run, setup: _Setup, opts: _Options, stores: tuple, epoch: int, seconds: float, pbar) -> None:
     """History entry, validation, best params, early stopping, progress bar, checkpoint."""
-    entry = {"epoch": epoch + 1, "step": int(run.state.step)}
+    entry: dict[str, Any] = {"epoch": epoch + 1, "step": int(run.state.step)}
     entry.update({f"train_{k}": v for k, v in _mean_metrics(run.partial).items()})
     entry["nonfinite_steps"] = run.nonfinite
     last = epoch + 1 == opts.epochs

@@ -111,6 +111,7 @@ def evaluate_arrays(eval_step: Callable, params: PyTree, data: PyTree, batch_siz
         last = eval_step(params, jax.tree_util.tree_map(lambda a: a[nb * bs :], data))
         last = {k: v * rem for k, v in last.items()}
         totals = last if totals is None else {k: totals[k] + last[k] for k in totals}
+    assert totals is not None  # n >= 1, so there is a full batch or a remainder
     return {k: v / n for k, v in totals.items()}
 
 
@@ -169,7 +170,7 @@ def _canonical(tree: PyTree) -> PyTree:
 def _check_like(train: PyTree, val: PyTree) -> None:
     t_leaves, t_def = jax.tree_util.tree_flatten_with_path(train)
     v_leaves, v_def = jax.tree_util.tree_flatten_with_path(val)
-    if t_def != v_def:
+    if t_def != v_def:  # type: ignore[operator]
         raise ValueError(f"expected val_data with the same structure as train_data ({t_def}), got {v_def}")
     for (path, a), (_, b) in zip(t_leaves, v_leaves):
         name = jax.tree_util.keystr(path)
