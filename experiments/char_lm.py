@@ -6,8 +6,14 @@ scored in bits per character on the held-out last 10 % against 5-gram models (Wi
 Kneser-Ney) counted on the same training characters in the same run; then temperature-sampled
 text.
 
+The budget is a number of optimiser updates (``--steps``), so the numbers do not depend on the
+machine's speed or load. ``--minutes`` (off by default) adds a wall-clock cap; a run it cuts
+short says so on stdout and in ``metrics.json`` (``"stopped_early": true``, ``"updates"`` that
+ran, ``"updates_planned"``).
+
     python experiments/char_lm.py                        # 1,800 updates of 64 x 100 chars (~9 minutes on 2 idle cores)
-    python experiments/char_lm.py --steps 20000 --minutes 60   # longer run
+    python experiments/char_lm.py --steps 20000          # longer run
+    python experiments/char_lm.py --steps 20000 --minutes 60   # ... stopped after an hour at the latest
     python experiments/char_lm.py --text-file my.txt     # any UTF-8 text
     python experiments/char_lm.py --quick --cell gru
 
@@ -18,26 +24,22 @@ Outputs in ``--out``: ``metrics.json``, ``char_lm.png`` (learning curve), ``samp
 from __future__ import annotations
 
 import sys
-from functools import partial
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from lstm_jax import baselines as B
-from lstm_jax import datasets, train
-from lstm_jax import experiment as E
+from lstm_jax import datasets
+from lstm_jax.tasks import char_lm, cli, results
 
 PROMPT = "ROMEO.\n"
 
 
 def parse(argv):
-    p = E.make_parser("char_lm", __doc__.splitlines()[0])
+    p = cli.make_parser("char_lm", __doc__.splitlines()[0])
     p.add_argument("--text-file", help="UTF-8 text to model instead of Shakespeare")
     p.add_argument("--steps", type=int, default=1800,
-                   help="optimiser updates; the cosine learning-rate decay spans them (default: %(default)s)")
-    p.add_argument("--minutes", type=float, default=8.5,
-                   help="wall-clock cap on training, stops earlier on a slow machine (default: %(default)s)")
+                   help="optimiser updates, the budget; the cosine learning-rate decay spans them (default: %(default)s)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="optional wall-clock cap on training; a run it cuts short is reported as stopped early "
+                        "(default: no cap)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embed", type=int, default=64)
@@ -52,77 +54,54 @@ def parse(argv):
     p.add_argument("--order", type=int, default=5, help="n of the n-gram baselines")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8, 1.0])
     p.add_argument("--sample-chars", type=int, default=400)
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse(argv)
-    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
-        run(args)
+    args = p.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        p.error(f"expected --minutes > 0, got {args.minutes}")
+    return args
 
 
 def run(args):
     text = datasets.text_file(args.text_file) if args.text_file else datasets.shakespeare()
     name = "shakespeare" if not args.text_file else args.text_file.rsplit("/", 1)[-1]
-    hidden, seconds, seq_len, chunks = args.hidden, args.minutes * 60, args.seq_len, args.chunks
-    n_val, sample_chars = 100_000, args.sample_chars
+    hidden, seq_len, chunks, n_val, sample_chars = args.hidden, args.seq_len, args.chunks, 100_000, args.sample_chars
+    updates = args.steps
     if args.quick:
         text = text[:300_000]
         hidden, seq_len, chunks, n_val, sample_chars = 32, 50, 2, 20_000, 60
-    cut = int(0.9 * len(text))
-    vocab = E.CharVocab.of(text[:cut])
-    ids_train, ids_test = vocab.encode(text[:cut]), vocab.encode(text[cut:])
-    # the validation text is the end of the training part (at most a tenth of it), never the test text
-    n_val = min(n_val, len(ids_train) // 10)
-    ids_train, val_ids = ids_train[:-n_val], ids_train[-n_val:]
-    config = dict(vars(args), dataset=name, hidden=hidden, seq_len=seq_len, chunks=chunks, vocab=len(vocab.chars),
-                  n_train_chars=len(ids_train), n_val_chars=len(val_ids), n_test_chars=len(ids_test))
-    res = E.Results("char_lm", config)
+        updates = 10 * chunks
+    data = char_lm.char_data(text, n_val=n_val)
+    config = dict(vars(args), dataset=name, hidden=hidden, seq_len=seq_len, chunks=chunks, vocab=len(data.vocab.chars),
+                  n_train_chars=len(data.train), n_val_chars=len(data.val), n_test_chars=len(data.test))
+    res = results.Results("char_lm", config)
+    char_lm.add_ngram_baselines(res, name, data, order=args.order)
 
-    # ---- n-gram baselines on the same training characters
-    for smoothing, label in (("witten_bell", "wb"), ("kneser_ney", "kn")):
-        model = B.fit_ngram(ids_train, len(vocab.chars), order=args.order, smoothing=smoothing)
-        res.add(name, f"{args.order}gram_{label}", "bits_per_char", "test", B.ngram_bits_per_char(model, ids_test))
-
-    # ---- recurrent LM: truncated BPTT over random windows of `chunks` x `seq_len` characters
-    params = jax.jit(partial(E.init_seq_model, cell=args.cell, input_size=args.embed, hidden_size=hidden,
-                             output_size=len(vocab.chars), num_layers=args.layers, vocab_size=len(vocab.chars)))(
-        jax.random.key(args.seed))
-    rng = np.random.default_rng(args.seed)
-    sample = lambda step: E.lm_random_windows(ids_train, args.batch_size, chunks * seq_len, rng)  # noqa: E731
-    calls = 10 if args.quick else max(1, args.steps // chunks)
-    updates = calls * chunks
-    optimizer = train.make_optimizer(args.lr, clip_norm=1.0, warmup_steps=min(200, updates // 10),
-                                     total_steps=updates, end_fraction=0.05)
-    final, history = E.train_steps(
-        None, params, optimizer, sample, steps=calls, seed=args.seed, max_seconds=1.05 * seconds,
-        train_step=E.make_lm_train_step(optimizer, chunk=seq_len, impl=args.impl, dropout=args.dropout),
-        eval_fn=lambda p: {"val_bits_per_char": E.lm_bits_per_char(p, val_ids)}, eval_every=max(1, 500 // chunks),
-        monitor="val_bits_per_char", progress=not args.no_progress, desc=f"{args.cell} {name}",
+    lm = char_lm.train_char_lm(
+        data, cell=args.cell, embed=args.embed, hidden=hidden, layers=args.layers, seq_len=seq_len, chunks=chunks,
+        batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, impl=args.impl, updates=updates,
+        max_seconds=None if args.minutes is None else 60.0 * args.minutes, seed=args.seed,
+        progress=not args.no_progress, desc=f"{args.cell} {name}",
     )
-    for record in history:
-        record["updates"] = record["step"] * chunks
-    done = history[-1]["updates"]
-    res.add(name, args.cell, "bits_per_char", "test", E.lm_bits_per_char(final, ids_test), updates=done,
-            chars_seen=done * args.batch_size * seq_len)
-    res.extra = {"history": history}
+    res.add(name, args.cell, "bits_per_char", "test", char_lm.lm_bits_per_char(lm.params, data.test),
+            updates=lm.updates, chars_seen=lm.updates * args.batch_size * seq_len)
+    res.record_budget(lm.updates, lm.updates_planned, stopped_early=lm.stopped_early,
+                      why=f"the --minutes {args.minutes} cap")
+    res.extra["history"] = lm.history
 
-    samples = [f"--- temperature {t} ---\n" + E.lm_sample(final, vocab, PROMPT, sample_chars, t, jax.random.key(i))
-               for i, t in enumerate(args.temperatures)]
-    out = args.out
-    E.save_checkpoint(out, final, step=done, meta={"config": config, "vocab": "".join(vocab.chars)})
-    plot(history, res, name, args.cell, f"{out}/char_lm.png")
-    res.write(out)
-    (Path(out) / "samples.txt").write_text("\n\n".join(samples) + "\n", encoding="utf-8")
-    print(f"{name}: {len(ids_train):,} train / {len(ids_test):,} test chars, vocab {len(vocab.chars)}; "
-          f"{args.layers}x{args.cell}({hidden}), {done} updates of {args.batch_size}x{seq_len} chars")
-    print(res.table())
-    print("\n" + samples[min(1, len(samples) - 1)])
-    print(f"({res.timer():.0f} s, results in {out})")
+    samples = char_lm.lm_samples(lm.params, data.vocab, PROMPT, sample_chars, args.temperatures)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "samples.txt").write_text("\n\n".join(samples) + "\n", encoding="utf-8")
+    results.finish(
+        res, args.out, lm.params, step=lm.updates, meta={"vocab": "".join(data.vocab.chars)},
+        figures={"char_lm.png": lambda path: plot(lm.history, res, name, args.cell, path)},
+        header=f"{name}: {len(data.train):,} train / {len(data.test):,} test chars, vocab {len(data.vocab.chars)}; "
+               f"{args.layers}x{args.cell}({hidden}), {lm.updates} of {lm.updates_planned} updates of "
+               f"{args.batch_size}x{seq_len} chars" + (" (STOPPED EARLY by --minutes)" if lm.stopped_early else ""),
+        footer="\n" + samples[min(1, len(samples) - 1)],
+    )
 
 
 def plot(history, res, name, cell, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ev = [h for h in history if "val_bits_per_char" in h]
     ax.plot([h["updates"] for h in ev], [h["val_bits_per_char"] for h in ev], "o-", color="tab:red", ms=3,
@@ -136,8 +115,10 @@ def plot(history, res, name, cell, path):
     ax.set_ylim(1.0, 4.0)
     ax.set_title(f"{name}: character language model")
     ax.legend(fontsize=8)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
+
+main = cli.make_main(parse, run)
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

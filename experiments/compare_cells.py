@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_jax import experiment as E
+from lstm_jax.tasks import cli, compare, results
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("weather_forecast", "long_range", "speaker_id", "handwriting", "char_lm", "sentiment")
@@ -28,15 +28,15 @@ REDUCED = {
     "long_range": ["--tasks", "adding", "--lengths", "50", "200", "--steps", "1200"],
     "speaker_id": ["--epochs", "60"],
     "handwriting": ["--epochs", "8"],
-    "char_lm": ["--minutes", "0.75"],
+    "char_lm": ["--steps", "150"],  # an update budget, never a wall-clock cap
     "sentiment": ["--epochs", "4"],
 }
 
 
 def parse(argv):
-    p = E.make_parser("compare_cells", __doc__.splitlines()[0])
+    p = cli.make_parser("compare_cells", __doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"subset of {', '.join(TASKS)}")
-    p.add_argument("--cells", nargs="+", choices=E.CELLS, default=["lstm", "gru"])
+    p.add_argument("--cells", nargs="+", choices=cli.CELLS, default=["lstm", "gru"])
     p.add_argument("--full", action="store_true", help="each script's default budget instead of the reduced one")
     p.add_argument("--collect", metavar="DIR", help="do not run: tabulate every metrics.json under DIR")
     args = p.parse_args(argv)
@@ -65,32 +65,32 @@ def run_task(task, cell, args, out):
         module.main(argv)
     finally:
         sys.argv = saved
-    return E.load_metrics(Path(out) / "metrics.json")
+    return results.load_metrics(Path(out) / "metrics.json")
 
 
 def main(argv=None):
     args = parse(argv)
-    res = E.Results("compare_cells", dict(vars(args)))
+    res = results.Results("compare_cells", dict(vars(args)))
     runs = []
     if args.collect:
         paths = sorted(Path(args.collect).rglob("metrics.json"))
         paths = [p for p in paths if p.resolve() != (Path(args.out) / "metrics.json").resolve()]
         if not paths:
-            raise E.UsageError(f"expected metrics.json files under {args.collect!r}, got none")
-        runs = [E.load_metrics(p) for p in paths]
+            raise cli.UsageError(f"expected metrics.json files under {args.collect!r}, got none")
+        runs = [results.load_metrics(p) for p in paths]
         runs = [r for r in runs if r.get("task") in args.tasks]
     else:
         jobs = [(t, c) for t in args.tasks for c in args.cells]
-        for task, cell in E.progress_bar(jobs, desc="compare_cells", disable=args.no_progress):
+        for task, cell in cli.progress_bar(jobs, desc="compare_cells", disable=args.no_progress):
             runs.append(run_task(task, cell, args, Path(args.out) / task / cell))
     for run in runs:
         for row in run["results"]:
             res.add(row["dataset"], row["model"], row["metric"], row["split"], row["value"],
                     source_task=row["task"], **{k: v for k, v in row.items()
                                                  if k not in ("task", "dataset", "model", "metric", "split", "value")})
-    rows = E.summarize_runs(runs, cells=E.CELLS)
-    cells = [c for c in E.CELLS if any(c in r for r in rows)] or list(args.cells)
-    table = E.cells_markdown(rows, cells=cells)
+    rows = compare.summarize_runs(runs, cells=cli.CELLS)
+    cells = [c for c in cli.CELLS if any(c in r for r in rows)] or list(args.cells)
+    table = compare.cells_markdown(rows, cells=cells)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = "collected" if args.collect else ("quick" if args.quick else ("full" if args.full else "reduced"))
@@ -104,14 +104,14 @@ def main(argv=None):
 
 def plot(rows, cells, path):
     """Each cell's score relative to the best baseline (>1 = better than the baseline)."""
-    plt = E.pyplot()
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(rows), 2) + 1.2))
     labels, width, labelled = [], 0.8 / max(len(cells), 1), set()
     colors = {"lstm": "tab:red", "gru": "tab:blue", "rnn": "tab:gray"}
     for i, row in enumerate(rows):
         labels.append(f"{row['task']} {row['dataset']}" + (f" T={row['T']}" if row.get("T") is not None else ""))
         base = float(row["baseline"].rsplit(" ", 1)[1]) if row.get("baseline") else None
-        lower_better = E.PRIMARY_METRIC.get(row["task"], ("", "min"))[1] == "min" or row["metric"] in ("mse", "rmse")
+        lower_better = compare.PRIMARY_METRIC.get(row["task"], ("", "min"))[1] == "min" or row["metric"] in ("mse", "rmse")
         for j, cell in enumerate(cells):
             v = row.get(cell)
             if v is None or base is None or v == 0:
@@ -126,8 +126,8 @@ def plot(rows, cells, path):
     ax.set_xlabel("score relative to the best baseline (> 1: better)")
     if labelled:
         ax.legend(fontsize=8)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

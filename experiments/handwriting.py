@@ -19,14 +19,14 @@ import numpy as np
 
 from lstm_jax import baselines as B
 from lstm_jax import datasets
-from lstm_jax import experiment as E
+from lstm_jax.tasks import classify, cli, results
 
 DATASETS = ("mnist5k", "fashion")
 FASHION_LABELS = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
 def parse(argv):
-    p = E.make_parser("handwriting", __doc__.splitlines()[0])
+    p = cli.make_parser("handwriting", __doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist5k", help="mnist5k | fashion")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--hidden", type=int, default=128)
@@ -36,12 +36,6 @@ def parse(argv):
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--val-fraction", type=float, default=0.1)
     return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse(argv)
-    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
-        run(args)
 
 
 def run(args):
@@ -61,42 +55,35 @@ def run(args):
     if args.quick:
         epochs, hidden = 2, 32
         train_x, train_y = train_x[:1000], train_y[:1000]
-    keep, held = E.stratified_split(train_y, args.val_fraction, seed=args.seed)
+    keep, held = classify.stratified_split(train_y, args.val_fraction, seed=args.seed)
     train_set = {"x": train_x[keep], "y": train_y[keep]}
     val_set = {"x": train_x[held], "y": train_y[held]}
     test_set = {"x": ds.test_x, "y": ds.test_y}
     config = dict(vars(args), epochs=epochs, hidden=hidden, batch_size=batch_size, n_train=len(keep),
                   n_val=len(held), n_test=len(ds.test_y))
-    res = E.Results("handwriting", config)
+    res = results.Results("handwriting", config)
 
-    acc = lambda p: float(np.mean(np.asarray(p) == ds.test_y))  # noqa: E731
+    acc = lambda p: classify.accuracy(p, ds.test_y)  # noqa: E731
     res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(train_y, len(ds.test_y))))
     base_x = train_x if not args.quick else train_x[:500]
     base_y = train_y if not args.quick else train_y[:500]
     res.add(ds.name, f"{baseline}_pixels", "accuracy", "test", acc(B.sklearn_classifier(baseline, base_x, base_y, ds.test_x)))
 
-    result = E.train_classifier(
-        train_set, val_set, cell=args.cell, input_size=28, hidden=hidden, n_classes=10, epochs=epochs,
-        batch_size=batch_size, lr=args.lr, dropout=args.dropout, bidirectional=args.bidirectional,
+    result, preds = classify.classifier_experiment(
+        res, ds.name, train_set, val_set, test_set, cell=args.cell, bidirectional=args.bidirectional, input_size=28,
+        hidden=hidden, n_classes=10, epochs=epochs, batch_size=batch_size, lr=args.lr, dropout=args.dropout,
         monitor="val_accuracy", seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
     )
-    preds = E.predict_classes(result.params, test_set)
-    res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
-    res.add(ds.name, args.cell, "accuracy", "val", result.best_metric)
-    res.extra = {"best_epoch": result.best_epoch, "history": result.history}
-
-    out = args.out
-    E.save_checkpoint(out, result.params, step=int(result.state.step), meta={"config": config})
-    plot(ds, preds, result.history, args, f"{out}/handwriting.png")
-    res.write(out)
-    print(f"{ds.name}: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test images as 28 steps x 28 pixels; "
-          f"{'bi' if args.bidirectional else ''}{args.cell}({hidden}), best epoch {result.best_epoch}/{epochs}")
-    print(res.table())
-    print(f"({res.timer():.0f} s, results in {out})")
+    results.finish(
+        res, args.out, result.params, step=int(result.state.step),
+        figures={"handwriting.png": lambda path: plot(ds, preds, result.history, args, path)},
+        header=f"{ds.name}: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test images as 28 steps x 28 "
+               f"pixels; {'bi' if args.bidirectional else ''}{args.cell}({hidden}), best epoch {result.best_epoch}/{epochs}",
+    )
 
 
 def plot(ds, preds, history, args, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     names = FASHION_LABELS if ds.name == "fashion" else tuple(str(i) for i in range(10))
     fig = plt.figure(figsize=(11, 4.2))
     grid = fig.add_gridspec(3, 10, width_ratios=[1] * 6 + [0.3] + [1.2] * 3)
@@ -115,8 +102,10 @@ def plot(ds, preds, history, args, path):
     ax.set_ylim(max(0.0, min(h.get("val_accuracy", 1.0) for h in history) - 0.05), 1.0)
     ax.legend(fontsize=8)
     ax.set_title(f"{ds.name}: {args.cell}, rows as time steps (red = wrong)", fontsize=9)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
+
+main = cli.make_main(parse, run)
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

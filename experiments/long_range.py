@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax import datasets, losses, train
-from lstm_jax import experiment as E
+from lstm_jax.tasks import cli, loops, results, seqmodel
 
 UNROLL = 1  # scan unroll of the recurrent layer
 
@@ -44,7 +44,7 @@ STOP = {"adding": lambda v: v < 0.007, "temporal_order": lambda v: v >= 0.995}
 
 
 def parse(argv):
-    p = E.make_parser("long_range", __doc__.splitlines()[0], default_cell=None)
+    p = cli.make_parser("long_range", __doc__.splitlines()[0], default_cell=None)
     p.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     p.add_argument("--lengths", nargs="+", type=int, default=[50, 100, 200, 400], help="sequence lengths T")
     p.add_argument("--steps", type=int, default=3000, help="max optimiser steps per run (default: %(default)s)")
@@ -65,7 +65,7 @@ def make_loss(task):
     _, _, _, metric, _ = TASKS[task]
 
     def loss_fn(params, batch, rng):
-        out = E.apply_seq_model(params, batch["x"], unroll=UNROLL)
+        out = seqmodel.apply_seq_model(params, batch["x"], unroll=UNROLL)
         if metric == "mse":
             loss = losses.last_step_mse(out, batch["y"])
             return loss, {"mse": loss}
@@ -80,22 +80,16 @@ def input_gradient_norms(loss_fn, params, batch):
     return jnp.sqrt(jnp.sum(grads**2, axis=-1)).mean(axis=0) * grads.shape[0]
 
 
-def main(argv=None):
-    args = parse(argv)
-    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
-        run(args)
-
-
 def run(args):
-    cells = [args.cell] if args.cell else list(E.CELLS)
+    cells = [args.cell] if args.cell else list(cli.CELLS)
     lengths, steps, eval_every, n_test = args.lengths, args.steps, 100, 1000
     grad_length = args.grad_length
     if args.quick:
         lengths, steps, eval_every, n_test, grad_length = [20], 40, 40, 256, 20
     seeds = [args.seed + i for i in range(args.seeds)]
-    res = E.Results("long_range", dict(vars(args), cells=cells, lengths=lengths, steps=steps, n_test=n_test))
+    res = results.Results("long_range", dict(vars(args), cells=cells, lengths=lengths, steps=steps, n_test=n_test))
     runs = [(task, t, cell) for task in args.tasks for t in lengths for cell in cells]
-    bar = E.progress_bar(total=len(runs) * len(seeds) * steps, desc="long_range", disable=args.no_progress)
+    bar = cli.progress_bar(total=len(runs) * len(seeds) * steps, desc="long_range", disable=args.no_progress)
     trained, grad_curves = {}, {}
     eval_sets = {}
     for task, t, cell in runs:
@@ -112,11 +106,11 @@ def run(args):
         values = []
         for seed in seeds:
             k_init, k_data, _, _ = run_keys(seed)
-            params = jax.jit(partial(E.init_seq_model, cell=cell, input_size=d_in, hidden_size=args.hidden,
+            params = jax.jit(partial(seqmodel.init_seq_model, cell=cell, input_size=d_in, hidden_size=args.hidden,
                                      output_size=d_out))(k_init)
             optimizer = train.make_optimizer(args.lr, clip_norm=1.0)
             label = f"{task} T={t} {cell}" + (f" seed {seed}" if len(seeds) > 1 else "")
-            final, history = E.train_generated(
+            final, history = loops.train_generated(
                 loss_fn, params, optimizer, partial(gen, batch_size=args.batch_size, length=t), steps=steps,
                 key=k_data, chunk=eval_every, eval_fn=lambda p: {f"val_{metric}": evaluate(p, val)[metric]},
                 until=lambda r: STOP[task](r[f"val_{metric}"]), bar=bar, desc=label,
@@ -143,7 +137,7 @@ def run(args):
     runs_rows = [r for r in res.rows if "seed" in r]
     res.extra = {"solved": {f"{r['dataset']}_T{r['seq_len']}_{r['model']}"
                             + (f"_seed{r['seed']}" if len(seeds) > 1 else ""): r["solved"] for r in runs_rows}}
-    E.save_checkpoint(args.out, trained, meta={"config": res.config})
+    results.save_checkpoint(args.out, trained, meta={"config": res.config})
     plot_results(res, args, lengths, cells, seeds, f"{args.out}/long_range.png")
     if grad_curves:
         plot_gradients(grad_curves, f"{args.out}/gradients.png")
@@ -161,7 +155,7 @@ def run(args):
 
 
 def plot_results(res, args, lengths, cells, seeds, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     fig, axes = plt.subplots(1, len(args.tasks), figsize=(5.5 * len(args.tasks), 4), squeeze=False)
     colors = {"lstm": "tab:red", "gru": "tab:blue", "rnn": "tab:gray"}
     for ax, task in zip(axes[0], args.tasks):
@@ -183,11 +177,11 @@ def plot_results(res, args, lengths, cells, seeds, path):
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"{task} ({args.steps if not args.quick else 'quick'} steps max)")
         ax.legend(fontsize=8)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
 
 def plot_gradients(curves, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {"lstm": "tab:red", "gru": "tab:blue", "rnn": "tab:gray"}
     for cell, (at_init, after, t) in curves.items():
@@ -199,8 +193,10 @@ def plot_gradients(curves, path):
     ax.set_ylabel("||dloss / dx_t||")
     ax.set_title(f"adding problem, T = {t}: gradient reaching each input step")
     ax.legend(fontsize=8, ncol=2)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
+
+main = cli.make_main(parse, run)
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

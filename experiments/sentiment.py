@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from lstm_jax import baselines as B
 from lstm_jax import datasets
-from lstm_jax import experiment as E
+from lstm_jax.tasks import classify, cli, results, text
 
 
 def parse(argv):
-    p = E.make_parser("sentiment", __doc__.splitlines()[0])
+    p = cli.make_parser("sentiment", __doc__.splitlines()[0])
     p.add_argument("--max-len", type=int, default=200, help="tokens kept per review (the first ones)")
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--hidden", type=int, default=64)
@@ -38,63 +36,51 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse(argv)
-    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
-        run(args)
-
-
 def run(args):
     ds = datasets.fine_food_reviews()
     epochs, max_len, hidden, train_text, train_y = args.epochs, args.max_len, args.hidden, ds.train_text, ds.train_y
     if args.quick:
         epochs, max_len, hidden = 1, 64, 16
         train_text, train_y = train_text[:800], train_y[:800]
-    train_tokens = [E.tokenize(t) for t in train_text]
-    test_tokens = [E.tokenize(t) for t in ds.test_text]
-    keep, held = E.stratified_split(train_y, args.val_fraction, seed=args.seed)
-    vocab = E.build_vocab([train_tokens[i] for i in keep], min_count=2)
-    x_train, len_train = E.encode_texts(train_tokens, vocab, max_len=max_len)
-    x_test, len_test = E.encode_texts(test_tokens, vocab, max_len=max_len)
+    train_tokens = [text.tokenize(t) for t in train_text]
+    test_tokens = [text.tokenize(t) for t in ds.test_text]
+    keep, held = classify.stratified_split(train_y, args.val_fraction, seed=args.seed)
+    vocab = text.build_vocab([train_tokens[i] for i in keep], min_count=2)
+    x_train, len_train = text.encode_texts(train_tokens, vocab, max_len=max_len)
+    x_test, len_test = text.encode_texts(test_tokens, vocab, max_len=max_len)
     part = lambda i: {"x": x_train[i], "lengths": len_train[i], "y": train_y[i]}  # noqa: E731
     train_set, val_set = part(keep), part(held)
     test_set = {"x": x_test, "lengths": len_test, "y": ds.test_y}
     config = dict(vars(args), epochs=epochs, max_len=max_len, hidden=hidden, vocab=len(vocab.words),
                   n_train=len(keep), n_val=len(held), n_test=len(ds.test_y))
-    res = E.Results("sentiment", config)
+    res = results.Results("sentiment", config)
 
-    acc = lambda p: float(np.mean(np.asarray(p) == ds.test_y))  # noqa: E731
+    acc = lambda p: classify.accuracy(p, ds.test_y)  # noqa: E731
     res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(train_y, len(ds.test_y))))
     cs = (10.0,) if args.quick else (0.3, 1.0, 3.0, 10.0, 30.0)  # C by 5-fold CV on train
     res.add(ds.name, "tfidf_logreg", "accuracy", "test", acc(B.tfidf_logreg(train_text, train_y, ds.test_text, Cs=cs)))
 
     embed_init = None
     if args.embed_init == "ppmi_svd":  # from the training texts only, no labels
-        embed_init = E.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)
-    result = E.train_classifier(
-        train_set, val_set, cell=args.cell, input_size=args.embed, hidden=hidden, n_classes=2, epochs=epochs,
+        embed_init = text.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)
+    result, _ = classify.classifier_experiment(
+        res, ds.name, train_set, val_set, test_set, cell=args.cell, readout=args.readout,
+        bidirectional=args.bidirectional, input_size=args.embed, hidden=hidden, n_classes=2, epochs=epochs,
         batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout,
-        readout=args.readout, bidirectional=args.bidirectional, vocab_size=len(vocab.words), embed_init=embed_init,
-        weight_decay=1e-4, seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} reviews",
+        vocab_size=len(vocab.words), embed_init=embed_init, weight_decay=1e-4, seed=args.seed,
+        progress=not args.no_progress, desc=f"{args.cell} reviews",
     )
-    preds = E.predict_classes(result.params, test_set, readout=args.readout)
-    res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
-    res.add(ds.name, args.cell, "accuracy", "val", E.best_history_value(result, "val_accuracy"))
-    res.extra = {"best_epoch": result.best_epoch, "history": result.history}
-
-    out = args.out
-    E.save_checkpoint(out, result.params, step=int(result.state.step), meta={"config": config})
-    plot(result.history, res, args.cell, f"{out}/sentiment.png")
-    res.write(out)
-    print(f"fine-food reviews: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test, vocab {len(vocab.words)}, "
-          f"{'bi' if args.bidirectional else ''}{args.cell}({hidden}) {args.readout}-pooled, best epoch "
-          f"{result.best_epoch}/{epochs}")
-    print(res.table())
-    print(f"({res.timer():.0f} s, results in {out})")
+    results.finish(
+        res, args.out, result.params, step=int(result.state.step),
+        figures={"sentiment.png": lambda path: plot(result.history, res, args.cell, path)},
+        header=f"fine-food reviews: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test, vocab "
+               f"{len(vocab.words)}, {'bi' if args.bidirectional else ''}{args.cell}({hidden}) {args.readout}-pooled, "
+               f"best epoch {result.best_epoch}/{epochs}",
+    )
 
 
 def plot(history, res, cell, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
     ax.plot([h["epoch"] for h in history], [h["train_accuracy"] for h in history], label="train")
     ax.plot([h["epoch"] for h in history if "val_accuracy" in h],
@@ -109,8 +95,10 @@ def plot(history, res, cell, path):
         bx.text(r["value"], i, f" {r['value']:.3f}", va="center", fontsize=8)
     bx.set_xlim(0.5, 1.0)
     bx.set_title("test accuracy", fontsize=9)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
+
+main = cli.make_main(parse, run)
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

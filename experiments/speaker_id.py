@@ -19,13 +19,13 @@ import numpy as np
 from lstm_jax import baselines as B
 from lstm_jax import data as data_lib
 from lstm_jax import datasets
-from lstm_jax import experiment as E
+from lstm_jax.tasks import classify, cli, results
 
 DTW_MAX_LEN = 100  # longer series: 1-NN with Euclidean distance only (DTW's grid grows as T^2)
 
 
 def parse(argv):
-    p = E.make_parser("speaker_id", __doc__.splitlines()[0])
+    p = cli.make_parser("speaker_id", __doc__.splitlines()[0])
     p.add_argument("--dataset", default="JapaneseVowels", help="a UCR/UEA set bundled with sktime")
     p.add_argument("--ts-train", help=".ts file of training series (with --ts-test)")
     p.add_argument("--ts-test", help=".ts file of test series")
@@ -40,12 +40,6 @@ def parse(argv):
     if (args.ts_train is None) != (args.ts_test is None):
         p.error("expected --ts-train and --ts-test together")
     return args
-
-
-def main(argv=None):
-    args = parse(argv)
-    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
-        run(args)
 
 
 def run(args):
@@ -64,7 +58,7 @@ def run(args):
     pad = lambda xs: data_lib.pad_sequences(scale(xs), max_len=max_len)  # noqa: E731
     x_train, len_train = pad(ds.train_x)
     x_test, len_test = pad(ds.test_x)
-    keep, held = E.stratified_split(ds.train_y, args.val_fraction, seed=args.seed)
+    keep, held = classify.stratified_split(ds.train_y, args.val_fraction, seed=args.seed)
     part = lambda x, l, y, i: {"x": x[i], "lengths": l[i], "y": y[i]}  # noqa: E731
     train_set = part(x_train, len_train, ds.train_y, keep)
     val_set = part(x_train, len_train, ds.train_y, held)
@@ -72,10 +66,10 @@ def run(args):
     config = dict(vars(args), dataset=ds.name, epochs=epochs, hidden=hidden, n_classes=n_classes,
                   n_train=len(keep), n_val=len(held), n_test=len(ds.test_y), max_len=max_len,
                   channels=int(x_train.shape[-1]))
-    res = E.Results("speaker_id", config)
+    res = results.Results("speaker_id", config)
 
     # ---- baselines, fitted on the full training set
-    acc = lambda p: float(np.mean(np.asarray(p) == ds.test_y))  # noqa: E731
+    acc = lambda p: classify.accuracy(p, ds.test_y)  # noqa: E731
     res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(ds.train_y, len(ds.test_y))))
     if max_len <= DTW_MAX_LEN:
         res.add(ds.name, "1nn_dtw", "accuracy", "test", acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x)))
@@ -83,29 +77,24 @@ def run(args):
             acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x, metric="euclidean")))
 
     # ---- recurrent classifier on padded batches with lengths
-    result = E.train_classifier(
-        train_set, val_set, cell=args.cell, input_size=x_train.shape[-1], hidden=hidden, n_classes=n_classes,
-        epochs=epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout,
-        bidirectional=args.bidirectional, seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
+    result, preds = classify.classifier_experiment(
+        res, ds.name, train_set, val_set, test_set, cell=args.cell, bidirectional=args.bidirectional,
+        input_size=x_train.shape[-1], hidden=hidden, n_classes=n_classes, epochs=epochs, batch_size=args.batch_size,
+        lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout, seed=args.seed,
+        progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
     )
-    preds = E.predict_classes(result.params, test_set)
-    res.add(ds.name, args.cell, "accuracy", "test", acc(preds), bidirectional=args.bidirectional)
-    res.add(ds.name, args.cell, "accuracy", "val", E.best_history_value(result, "val_accuracy"))
-    res.extra = {"best_epoch": result.best_epoch, "history": result.history}
-
-    out = args.out
-    E.save_checkpoint(out, result.params, step=int(result.state.step), meta={"config": config})
-    plot(E.confusion_matrix(ds.test_y, preds, n_classes), ds, args.cell, acc(preds), f"{out}/confusion.png")
-    res.write(out)
-    print(f"{ds.name}: {config['n_train']} train / {config['n_val']} val / {config['n_test']} test, "
-          f"{n_classes} classes, lengths {int(len_train.min())}-{max_len}; {args.cell}({hidden}), best epoch "
-          f"{result.best_epoch}/{epochs}")
-    print(res.table())
-    print(f"({res.timer():.0f} s, results in {out})")
+    cm = classify.confusion_matrix(ds.test_y, preds, n_classes)
+    results.finish(
+        res, args.out, result.params, step=int(result.state.step),
+        figures={"confusion.png": lambda path: plot(cm, ds, args.cell, acc(preds), path)},
+        header=f"{ds.name}: {config['n_train']} train / {config['n_val']} val / {config['n_test']} test, "
+               f"{n_classes} classes, lengths {int(len_train.min())}-{max_len}; {args.cell}({hidden}), best epoch "
+               f"{result.best_epoch}/{epochs}",
+    )
 
 
 def plot(cm, ds, cell, accuracy, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     k = len(ds.classes)
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k) if k <= 20 else (10, 10))
     ax.imshow(cm, cmap="Blues")
@@ -120,8 +109,10 @@ def plot(cm, ds, cell, accuracy, path):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{ds.name}, {cell}: test accuracy {accuracy:.3f}", fontsize=9)
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
+
+main = cli.make_main(parse, run)
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

@@ -18,16 +18,12 @@ import sys
 
 import numpy as np
 
-from lstm_jax import baselines as B
 from lstm_jax import datasets
-from lstm_jax import experiment as E
-
-# per data set: (test days, validation days) of the chronological split
-SPLITS = {"seattle": (365, 182), "clemson": (3653, 1096)}
+from lstm_jax.tasks import cli, forecast, results
 
 
 def parse(argv):
-    p = E.make_parser("weather_forecast", __doc__.splitlines()[0])
+    p = cli.make_parser("weather_forecast", __doc__.splitlines()[0])
     p.add_argument("--dataset", default="seattle", help="seattle | clemson (ignored with --csv)")
     p.add_argument("--csv", help="CSV file of daily rows (numeric columns become inputs)")
     p.add_argument("--target", help="column to forecast (default temp_max / tmax)")
@@ -48,69 +44,41 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse(argv)
-    with E.fast_compile(args.quick):  # --quick costs compile time, not run time
-        run(args)
-
-
 def run(args):
     table = datasets.load_weather(args.dataset, csv=args.csv, target=args.target, date_col=args.date_col)
-    n = len(table.values)
-    test_days, val_days = SPLITS.get(table.name if args.csv is None else "", (round(0.2 * n), round(0.1 * n)))
-    test_days = args.test_days or test_days
-    val_days = args.val_days or val_days
+    test_days, val_days = forecast.split_days(table, from_csv=args.csv is not None, test_days=args.test_days,
+                                              val_days=args.val_days)
     epochs = args.epochs or (12 if table.name == "clemson" else 60)
     hidden, ensemble, batch_size = args.hidden, args.ensemble, args.batch_size
     if table.name == "clemson":
         batch_size = max(batch_size, 128)
     if args.quick:
         epochs, hidden, ensemble = 3, 16, 2
-    data = E.forecast_data(table, window=args.window, test_days=test_days, val_days=val_days)
+    data = forecast.forecast_data(table, window=args.window, test_days=test_days, val_days=val_days)
     config = dict(vars(args), dataset=table.name, target=table.target, features=list(data.feature_names),
                   test_days=test_days, val_days=val_days, epochs=epochs, hidden=hidden, ensemble=ensemble,
                   batch_size=batch_size, n_train=len(data.train["x"]), n_val=len(data.val["x"]),
                   n_test=len(data.test["x"]))
-    res = E.Results("weather_forecast", config)
-    rmse = lambda p, y: float(np.sqrt(np.mean((np.asarray(p) - y) ** 2)))  # noqa: E731
-    mae = lambda p, y: float(np.mean(np.abs(np.asarray(p) - y)))  # noqa: E731
+    res = results.Results("weather_forecast", config)
 
     # ---- baselines on the same test windows, then an ensemble of recurrent forecasters
-    preds = E.forecast_baselines(data)
-    y_test = data.raw["test"]["y"]
-    forecaster = E.train_forecast_ensemble(
-        data, cell=args.cell, hidden=hidden, ensemble=ensemble, epochs=epochs, batch_size=batch_size, lr=args.lr,
-        dropout=args.dropout, seed=args.seed, residual=args.residual, bagging=args.bagging,
-        refit=args.refit and not args.quick, progress=not args.no_progress, desc=f"{args.cell} x{ensemble} {table.name}",
+    preds, forecaster, ratio = forecast.forecast_experiment(
+        res, data, dataset=table.name, unit=table.unit, cell=args.cell, ensemble=ensemble, hidden=hidden,
+        epochs=epochs, batch_size=batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed,
+        residual=args.residual, bagging=args.bagging, refit=args.refit and not args.quick,
+        progress=not args.no_progress, desc=f"{args.cell} x{ensemble} {table.name}",
     )
-    members = E.predict_forecast_ensemble(forecaster, forecaster.params, data.test["x"], data)  # [E, s]
-    preds[args.cell] = members.mean(0)
-    val_pred = E.predict_forecast_ensemble(forecaster, forecaster.best_params, data.val["x"], data).mean(0)
-
-    for model, pred in preds.items():
-        extra = {"ensemble": ensemble} if model == args.cell else {}
-        res.add(table.name, model, "rmse", "test", rmse(pred, y_test), unit=table.unit, **extra)
-        res.add(table.name, model, "mae", "test", mae(pred, y_test), unit=table.unit, **extra)
-    res.add(table.name, args.cell, "rmse_member_mean", "test", float(np.mean([rmse(m, y_test) for m in members])))
-    res.add(table.name, args.cell, "rmse", "val", rmse(val_pred, data.raw["val"]["y"]), ensemble=ensemble)
-    res.add(table.name, "persistence", "rmse", "val", rmse(B.persistence(data.raw["val"]["x"], 0), data.raw["val"]["y"]))
-    ratio = res.value(args.cell, "rmse") / res.value("persistence", "rmse")
-    res.extra = {"rmse_ratio_to_persistence": ratio, "best_epoch": forecaster.best_epoch,
-                 "history": forecaster.history}
-
-    # ---- outputs
-    out = args.out
-    E.save_checkpoint(out, forecaster.params, step=forecaster.steps, meta={"config": config})
-    plot(preds, data, table, args.cell, res, f"{out}/forecast.png")
-    res.write(out)
-    print(f"{table.name}: next-day {table.target} ({table.unit or 'units'}), test = last {test_days} days, "
-          f"{ensemble} x {args.cell}({hidden}), best epoch {forecaster.best_epoch}/{epochs}")
-    print(res.table())
-    print(f"{args.cell} RMSE / persistence RMSE = {ratio:.3f}   ({res.timer():.0f} s, results in {out})")
+    results.finish(
+        res, args.out, forecaster.params, step=forecaster.steps,
+        figures={"forecast.png": lambda path: plot(preds, data, table, args.cell, res, path)},
+        header=f"{table.name}: next-day {table.target} ({table.unit or 'units'}), test = last {test_days} days, "
+               f"{ensemble} x {args.cell}({hidden}), best epoch {forecaster.best_epoch}/{epochs}",
+        note=f"{args.cell} RMSE / persistence RMSE = {ratio:.3f}   ",
+    )
 
 
 def plot(preds, data, table, cell, res, path):
-    plt = E.pyplot()
+    plt = results.pyplot()
     y, dates = data.raw["test"]["y"], data.dates["test"]
     span = slice(max(0, len(y) - 365), len(y))  # at most the last year of the test span
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [3, 1.3]})
@@ -128,8 +96,10 @@ def plot(preds, data, table, cell, res, path):
     for i, v in enumerate(values):
         bx.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     bx.set_xlabel(f"test RMSE ({table.unit})")
-    E.save_figure(fig, path)
+    results.save_figure(fig, path)
 
+
+main = cli.make_main(parse, run)
 
 if __name__ == "__main__":
-    sys.exit(E.run_main(main))
+    sys.exit(cli.run_main(main))

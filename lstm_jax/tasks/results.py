@@ -1,0 +1,208 @@
+"""Results of one run: ``metrics.json``, markdown tables, checkpoints and figures.
+
+``metrics.json`` shape (the same for every script, so code can tabulate results)::
+
+    {"task": ..., "command": "python experiments/...", "config": {...}, "wall_time_s": ...,
+     "results": [{"task", "dataset", "model", "metric", "split", "value", ...extra}, ...],
+     ...extra top-level keys (history, and for step-budgeted runs
+        "updates", "updates_planned", "stopped_early")}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from lstm_jax.tasks.cli import Timer
+from lstm_jax.typing import PyTree
+
+__all__ = [
+    "Results",
+    "load_metrics",
+    "results_markdown",
+    "save_checkpoint",
+    "pyplot",
+    "save_figure",
+    "finish",
+]
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class Results:
+    """Collects result rows of one run and writes ``metrics.json``.
+
+    >>> res = Results("weather_forecast", {"cell": "lstm"})
+    >>> res.add("seattle", "lstm", "rmse", "test", 2.6)
+    >>> res.add("seattle", "persistence", "rmse", "test", 2.9)
+    >>> path = res.write("results/weather_forecast")
+    """
+
+    def __init__(self, task: str, config: dict, *, command: Optional[str] = None):
+        self.task = task
+        self.config = dict(config)
+        self.command = command or " ".join(["python", f"experiments/{task}.py"] + sys.argv[1:])
+        self.rows: list = []
+        self.timer = Timer()
+        self.extra: dict = {}
+
+    def add(self, dataset: str, model: str, metric: str, split: str, value: float, **extra) -> None:
+        """One row: ``model`` is a cell name or a baseline's name; ``split`` ``val`` or ``test``."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"expected split 'train', 'val' or 'test', got {split!r}")
+        row = {"task": self.task, "dataset": dataset, "model": model, "metric": metric, "split": split,
+               "value": float(value)}
+        row.update(extra)
+        self.rows.append(row)
+
+    def value(self, model: str, metric: str, split: str = "test", **match) -> float:
+        """The value of the first row matching ``model``, ``metric``, ``split`` (and extra fields)."""
+        for row in self.rows:
+            if (row["model"], row["metric"], row["split"]) == (model, metric, split) and all(
+                row.get(k) == v for k, v in match.items()
+            ):
+                return row["value"]
+        raise KeyError(f"no row for model={model!r} metric={metric!r} split={split!r} {match}")
+
+    def record_budget(self, updates: int, updates_planned: int, *, stopped_early: bool, why: str = "") -> None:
+        """Write ``updates``, ``updates_planned`` and ``stopped_early`` at the top of ``metrics.json``;
+        a run cut short (``why``: by what) is announced on stdout, loudly."""
+        self.extra.update(updates=int(updates), updates_planned=int(updates_planned), stopped_early=bool(stopped_early))
+        if stopped_early:
+            print(f"WARNING: STOPPED EARLY{' by ' + why if why else ''}: {updates} of {updates_planned} planned "
+                  "updates ran; these numbers depend on the speed and load of the machine", flush=True)
+
+    def as_dict(self) -> dict:
+        return _jsonable({"task": self.task, "command": self.command, "config": self.config,
+                          "wall_time_s": round(self.timer(), 2), "results": self.rows, **self.extra})
+
+    def write(self, out_dir) -> Path:
+        """Write ``<out_dir>/metrics.json`` and return its path."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "metrics.json"
+        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        return path
+
+    def table(self, split: str = "test") -> str:
+        """A short text table of the rows of ``split`` (model x metric per dataset)."""
+        rows = [r for r in self.rows if r["split"] == split]
+        if not rows:
+            return "(no results)"
+        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        keys = list(dict.fromkeys((r["dataset"], r["model"], r.get("seq_len")) for r in rows))
+        header = ["dataset", "model"] + (["T"] if any(k[2] is not None for k in keys) else []) + metrics
+        lines = [header]
+        for ds, model, t in keys:
+            cells = [ds, model] + ([str(t)] if len(header) > 2 + len(metrics) else [])
+            for m in metrics:
+                vals = [r["value"] for r in rows if (r["dataset"], r["model"], r.get("seq_len"), r["metric"]) == (ds, model, t, m)]
+                cells.append(f"{vals[0]:.4g}" if vals else "-")
+            lines.append(cells)
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        fmt = lambda line: "  ".join(str(c).ljust(w) for c, w in zip(line, widths))  # noqa: E731
+        return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines[1:]])
+
+
+def load_metrics(path) -> dict:
+    """Read a ``metrics.json`` and check its shape (``results`` rows with the shared keys)."""
+    data = json.loads(Path(path).read_text())
+    for key in ("config", "wall_time_s", "results"):
+        if key not in data:
+            raise ValueError(f"expected key {key!r} in {path}, got keys {sorted(data)}")
+    for row in data["results"]:
+        missing = {"task", "dataset", "model", "metric", "split", "value"} - set(row)
+        if missing:
+            raise ValueError(f"expected result rows with task/dataset/model/metric/split/value in {path}, got one missing {sorted(missing)}")
+    return data
+
+
+def results_markdown(rows: Iterable[dict], columns: Sequence[str]) -> str:
+    """A markdown table of dict rows with the given columns (missing values shown as ``-``)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def save_checkpoint(out_dir, params: PyTree, *, step: int = 0, meta: Optional[dict] = None) -> Path:
+    """Save ``params`` with ``lstm_jax.checkpoint`` under ``<out_dir>/checkpoint`` (replacing a
+    checkpoint of an earlier run there) and return that folder; ``checkpoint.restore(folder,
+    like)`` reads it back."""
+    import shutil
+
+    from lstm_jax import checkpoint
+
+    folder = Path(out_dir).resolve() / "checkpoint"
+    if folder.exists():
+        shutil.rmtree(folder)
+    checkpoint.save(folder, step, params, meta=_jsonable(meta or {}), keep=1)
+    return folder
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (scripts run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path) -> Path:
+    """Save a figure as PNG (tight layout, 120 dpi) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
+
+def finish(res: Results, out_dir, params: Optional[PyTree] = None, *, step: int = 0, meta: Optional[dict] = None,
+           figures: Optional[Mapping[str, Callable[[Path], object]]] = None, header: str = "", footer: str = "",
+           note: str = "") -> Path:
+    """The end of every script: checkpoint ``params`` (meta: the run's config and ``meta``), draw
+    each figure (``{file name: draw(path)}``), write ``metrics.json``; then print ``header``, the
+    test table, ``footer`` and ``note`` with the wall time. Returns the path of ``metrics.json``."""
+    out = Path(out_dir)
+    if params is not None:
+        save_checkpoint(out, params, step=step, meta={"config": res.config, **(meta or {})})
+    for name, draw in (figures or {}).items():
+        draw(out / name)
+    path = res.write(out)
+    if header:
+        print(header)
+    print(res.table())
+    if footer:
+        print(footer)
+    print(f"{note}({res.timer():.0f} s, results in {out_dir})")
+    return path
