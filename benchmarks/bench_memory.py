@@ -66,14 +66,24 @@ def measure(t: int, b: int = 8, d: int = 64, h: int = 256, impls=IMPLS, compiler
         compiled = jax.jit(step, compiler_options=compiler_options).lower(params, opt_state, xs, target).compile()
         compile_s = time.perf_counter() - start
         stats = compiled.memory_analysis()
-        peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-                - stats.alias_size_in_bytes)
-        rows.append({
-            "impl": impl, "T": t, "B": b, "D": d, "H": h,
-            "compile_s": compile_s,
-            "peak_bytes": int(peak),
-            "temp_bytes": int(stats.temp_size_in_bytes),
-            "residual_bytes": int(_residual_bytes(impl, params, xs)),
-            "hc_bytes": 2 * t * b * h * 4,
-        })
+        peak = (
+            stats.argument_size_in_bytes
+            + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes
+            - stats.alias_size_in_bytes
+        )
+        rows.append(
+            {
+                "impl": impl,
+                "T": t,
+                "B": b,
+                "D": d,
+                "H": h,
+                "compile_s": compile_s,
+                "peak_bytes": int(peak),
+                "temp_bytes": int(stats.temp_size_in_bytes),
+                "residual_bytes": int(_residual_bytes(impl, params, xs)),
+                "hc_bytes": 2 * t * b * h * 4,
+            }
+        )
     return rows

@@ -90,6 +90,7 @@ def build_flax_nnx(kind, cfg, jit):
     from flax import nnx
 
     b, t, d, h = cfg
+
     @nnx.jit
     def create():
         rngs = nnx.Rngs(0)

@@ -69,8 +69,12 @@ def markdown(results: dict) -> str:
         ours = [p for p in OURS if p in peers]
         head = ["config", "mode"]
         for p in ours:
-            head += [f"{LABELS[p]} ×torch", f"{LABELS[p]} ×flax linen", f"{LABELS[p]} % chain floor",
-                     f"{LABELS[p]} % FLOP floor"]
+            head += [
+                f"{LABELS[p]} ×torch",
+                f"{LABELS[p]} ×flax linen",
+                f"{LABELS[p]} % chain floor",
+                f"{LABELS[p]} % FLOP floor",
+            ]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in entries:
             for mode in ("fwd", "train"):
@@ -92,8 +96,12 @@ def markdown(results: dict) -> str:
         for sweep in results["sweeps"]:
             peers = [p for p in LABELS if p in sweep["points"][0]["results"]]
             head = [sweep["param"], "mode"] + [LABELS[p] for p in peers] + ["GEMM-chain floor"]
-            lines += [f"Base config (B, T, D, H) = {tuple(sweep['base'])}, varying {sweep['param']}:", "",
-                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += [
+                f"Base config (B, T, D, H) = {tuple(sweep['base'])}, varying {sweep['param']}:",
+                "",
+                "| " + " | ".join(head) + " |",
+                "|" + "---|" * len(head),
+            ]
             for pt in sweep["points"]:
                 for mode in ("fwd", "train"):
                     row = [str(pt["value"]), mode] + [_fmt(_ms(pt, p, mode)) for p in peers]
@@ -101,11 +109,15 @@ def markdown(results: dict) -> str:
                     lines.append("| " + " | ".join(row) + " |")
             lines.append("")
     if results.get("memory"):
-        lines += ["## Train-step compile time and memory (LSTM)", "",
-                  "peak = XLA buffer assignment (args + outputs + temporaries); residual = kept from forward "
-                  "for backward beyond the inputs; (h, c) = 2·T·B·H·4 bytes.", "",
-                  "| T | B | H | impl | compile s | peak MB | temp MB | residual MB | residual / (h, c) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Train-step compile time and memory (LSTM)",
+            "",
+            "peak = XLA buffer assignment (args + outputs + temporaries); residual = kept from forward "
+            "for backward beyond the inputs; (h, c) = 2·T·B·H·4 bytes.",
+            "",
+            "| T | B | H | impl | compile s | peak MB | temp MB | residual MB | residual / (h, c) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in results["memory"]:
             lines.append(
                 f"| {r['T']} | {r['B']} | {r['H']} | {r['impl']} | {r['compile_s']:.2f} | "
@@ -120,22 +132,30 @@ def markdown(results: dict) -> str:
 
 
 def _targets(entries) -> list:
-    lines = ["### Issue-5 targets (best of our implementations)", "",
-             "| config | target | measured | met |", "|---|---|---|---|"]
+    lines = [
+        "### Issue-5 targets (best of our implementations)",
+        "",
+        "| config | target | measured | met |",
+        "|---|---|---|---|",
+    ]
     for e in entries:
         for mode in ("train", "fwd"):
             name, ms = best_ours(e, mode)
             for peer, goal in TARGETS[mode].items():
                 r = _ratio(_ms(e, peer, mode), ms)
                 if r is not None:
-                    lines.append(f"| {e['name']} | {mode} ≥ {goal}× {LABELS[peer]} | {r:.2f}× ({LABELS[name]}) | "
-                                 f"{'yes' if r >= goal else 'no'} |")
+                    lines.append(
+                        f"| {e['name']} | {mode} ≥ {goal}× {LABELS[peer]} | {r:.2f}× ({LABELS[name]}) | "
+                        f"{'yes' if r >= goal else 'no'} |"
+                    )
         name, ms = best_ours(e, "fwd")
         if ms is not None:
             r = ms / e["floors"]["chain_ms"]["fwd"]
             goal = TARGETS["fwd_chain_floor"]
-            lines.append(f"| {e['name']} | fwd ≤ {goal}× GEMM-chain floor | {r:.2f}× ({LABELS[name]}) | "
-                         f"{'yes' if r <= goal else 'no'} |")
+            lines.append(
+                f"| {e['name']} | fwd ≤ {goal}× GEMM-chain floor | {r:.2f}× ({LABELS[name]}) | "
+                f"{'yes' if r <= goal else 'no'} |"
+            )
     return lines + [""]
 
 
@@ -157,8 +177,14 @@ def plots(results: dict, out_dir: str) -> list:
                 vals = [_ms(e, p, mode) or 0.0 for e in entries]
                 ax.bar([j + i * width for j in range(len(entries))], vals, width, label=LABELS[p])
             floor = [e["floors"]["chain_ms"][mode] for e in entries]
-            ax.bar([j + len(peers) * width for j in range(len(entries))], floor, width, label="GEMM-chain floor",
-                   color="lightgray", hatch="//")
+            ax.bar(
+                [j + len(peers) * width for j in range(len(entries))],
+                floor,
+                width,
+                label="GEMM-chain floor",
+                color="lightgray",
+                hatch="//",
+            )
             ax.set_xticks([j + 0.4 for j in range(len(entries))], [e["name"] for e in entries])
             ax.set_yscale("log")
             ax.set_ylabel("ms (log)")

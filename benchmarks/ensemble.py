@@ -47,8 +47,11 @@ def make_task(n_rows: int, window: int, seed: int = 0):
 def make_model(hidden: int, features: int):
     def init_fn(key):
         k1, k2 = jax.random.split(key)
-        return {"rnn": lstm_jax.init_lstm(k1, features, hidden),
-                "w": jax.random.normal(k2, (hidden, 1)) / np.sqrt(hidden), "b": jnp.zeros((1,))}
+        return {
+            "rnn": lstm_jax.init_lstm(k1, features, hidden),
+            "w": jax.random.normal(k2, (hidden, 1)) / np.sqrt(hidden),
+            "b": jnp.zeros((1,)),
+        }
 
     def loss_fn(params, batch, rng):
         ys, _ = lstm_jax.lstm(params["rnn"], batch["x"])
@@ -92,8 +95,10 @@ def run(members: int, epochs: int, hidden: int, batch_size: int, rows: int, wind
         vmap_times.append(time.perf_counter() - t0)
 
     # sanity: the vmapped members reproduce the sequential runs
-    diff = max(float(np.max(np.abs(np.asarray(batched.best_metric[i]) - np.asarray(solo[i].best_metric))))
-               for i in range(members))
+    diff = max(
+        float(np.max(np.abs(np.asarray(batched.best_metric[i]) - np.asarray(solo[i].best_metric))))
+        for i in range(members)
+    )
     t_seq, t_vmap = min(seq_times), min(vmap_times)
     steps = epochs * (splits.train["x"].shape[0] // batch_size)
     return {
@@ -134,8 +139,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--sizes", default="8:8,32:8,8:32,32:32,32:64",
-                        help="comma list of batch_size:hidden model sizes (default: %(default)s)")
+    parser.add_argument(
+        "--sizes",
+        default="8:8,32:8,8:32,32:32,32:64",
+        help="comma list of batch_size:hidden model sizes (default: %(default)s)",
+    )
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--window", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
@@ -150,10 +158,18 @@ def main(argv=None):
     for batch_size, hidden in sizes:
         runs.append(run(args.members, args.epochs, hidden, batch_size, args.rows, args.window, args.repeats))
         r = runs[-1]
-        print(f"batch {batch_size:4d} hidden {hidden:4d}: {args.members} sequential {r['sequential_s']:.3f} s, "
-              f"vmapped {r['vmapped_s']:.3f} s, speedup {r['speedup']:.2f}x", flush=True)
-    result = {"quick": bool(args.quick), "members": args.members, "goal": ">= 3x", "runs": runs,
-              "best_speedup": max(r["speedup"] for r in runs)}
+        print(
+            f"batch {batch_size:4d} hidden {hidden:4d}: {args.members} sequential {r['sequential_s']:.3f} s, "
+            f"vmapped {r['vmapped_s']:.3f} s, speedup {r['speedup']:.2f}x",
+            flush=True,
+        )
+    result = {
+        "quick": bool(args.quick),
+        "members": args.members,
+        "goal": ">= 3x",
+        "runs": runs,
+        "best_speedup": max(r["speedup"] for r in runs),
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

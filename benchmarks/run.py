@@ -34,18 +34,21 @@ from functools import partial
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import jax  # noqa: E402
-
 import bench_floors  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_report  # noqa: E402
+import jax  # noqa: E402
 
 PEERS = ("torch", "flax_linen", "flax_nnx", "equinox", "ours", "ours_fused")
 
 DEFAULT = dict(
-    configs={"small": (16, 128, 16, 64), "medium": (64, 256, 64, 256), "long": (8, 4096, 8, 64),
-             "large": (128, 512, 128, 512)},
+    configs={
+        "small": (16, 128, 16, 64),
+        "medium": (64, 256, 64, 256),
+        "long": (8, 4096, 8, 64),
+        "large": (128, 512, 128, 512),
+    },
     reps=7,
     kinds=("lstm", "gru"),
     sweep_base=(16, 128, 32, 128),
@@ -90,8 +93,15 @@ def _machine(torch_threads: int) -> dict:
             versions[name] = __import__(name).__version__
         except ImportError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "versions": versions, "torch_threads": torch_threads, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "torch_threads": torch_threads,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 class Suite:
@@ -101,8 +111,9 @@ class Suite:
         self.s = settings
         self.peers = peers
         self.fused_kw = fused_kw
-        self.jit = partial(jax.jit, compiler_options=settings["compiler_options"]) if settings["compiler_options"] \
-            else jax.jit
+        self.jit = (
+            partial(jax.jit, compiler_options=settings["compiler_options"]) if settings["compiler_options"] else jax.jit
+        )
         self.skipped: list = []
         self._missing: set = set()
         self._built: dict = {}
@@ -207,13 +218,20 @@ def main(argv=None) -> dict:
     print(f"peak matmul: {peak:.0f} GFLOP/s", flush=True)
     results = {
         "machine": _machine(args.torch_threads),
-        "settings": {"quick": args.quick, "reps": reps, "torch_threads": args.torch_threads, "fused": fused_kw,
-                     "peers": list(peers), "compiler_options": settings["compiler_options"]},
+        "settings": {
+            "quick": args.quick,
+            "reps": reps,
+            "torch_threads": args.torch_threads,
+            "fused": fused_kw,
+            "peers": list(peers),
+            "compiler_options": settings["compiler_options"],
+        },
         "peak_gflops": peak,
         "configs": [],
         "sweeps": [],
         "memory": [],
     }
+
     def elapsed():
         return f"[{time.perf_counter() - start:.0f} s]"
 
@@ -258,8 +276,10 @@ def main(argv=None) -> dict:
     results["skipped"] = suite.skipped
     results["wall_s"] = time.perf_counter() - start
     paths = bench_report.write_all(results, args.out)
-    print(f"wrote {paths['json']}, {paths['markdown']} and {len(paths['plots'])} plots in {results['wall_s']:.0f} s",
-          flush=True)
+    print(
+        f"wrote {paths['json']}, {paths['markdown']} and {len(paths['plots'])} plots in {results['wall_s']:.0f} s",
+        flush=True,
+    )
     return results
 
 

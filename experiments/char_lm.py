@@ -35,11 +35,18 @@ PROMPT = "ROMEO.\n"
 def parse(argv):
     p = cli.make_parser("char_lm", __doc__.splitlines()[0])
     p.add_argument("--text-file", help="UTF-8 text to model instead of Shakespeare")
-    p.add_argument("--steps", type=int, default=1800,
-                   help="optimiser updates, the budget; the cosine learning-rate decay spans them (default: %(default)s)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="optional wall-clock cap on training; a run it cuts short is reported as stopped early "
-                        "(default: no cap)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1800,
+        help="optimiser updates, the budget; the cosine learning-rate decay spans them (default: %(default)s)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="optional wall-clock cap on training; a run it cuts short is reported as stopped early (default: no cap)",
+    )
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embed", type=int, default=64)
@@ -47,10 +54,18 @@ def parse(argv):
     p.add_argument("--chunks", type=int, default=10, help="chunks per window, state carried between them")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--dropout", type=float, default=0.1,
-                   help="dropout between the layers and before the head (default: %(default)s)")
-    p.add_argument("--impl", choices=("scan", "auto", "fused"), default="scan",
-                   help="LSTM layer implementation: fused = the custom-VJP layer, auto = fused for LSTMs (default: %(default)s)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="dropout between the layers and before the head (default: %(default)s)",
+    )
+    p.add_argument(
+        "--impl",
+        choices=("scan", "auto", "fused"),
+        default="scan",
+        help="LSTM layer implementation: fused = the custom-VJP layer, auto = fused for LSTMs (default: %(default)s)",
+    )
     p.add_argument("--order", type=int, default=5, help="n of the n-gram baselines")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8, 1.0])
     p.add_argument("--sample-chars", type=int, default=400)
@@ -70,32 +85,65 @@ def run(args):
         hidden, seq_len, chunks, n_val, sample_chars = 32, 50, 2, 20_000, 60
         updates = 10 * chunks
     data = char_lm.char_data(text, n_val=n_val)
-    config = dict(vars(args), dataset=name, hidden=hidden, seq_len=seq_len, chunks=chunks, vocab=len(data.vocab.chars),
-                  n_train_chars=len(data.train), n_val_chars=len(data.val), n_test_chars=len(data.test))
+    config = dict(
+        vars(args),
+        dataset=name,
+        hidden=hidden,
+        seq_len=seq_len,
+        chunks=chunks,
+        vocab=len(data.vocab.chars),
+        n_train_chars=len(data.train),
+        n_val_chars=len(data.val),
+        n_test_chars=len(data.test),
+    )
     res = results.Results("char_lm", config)
     char_lm.add_ngram_baselines(res, name, data, order=args.order)
 
     lm = char_lm.train_char_lm(
-        data, cell=args.cell, embed=args.embed, hidden=hidden, layers=args.layers, seq_len=seq_len, chunks=chunks,
-        batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, impl=args.impl, updates=updates,
-        max_seconds=None if args.minutes is None else 60.0 * args.minutes, seed=args.seed,
-        progress=not args.no_progress, desc=f"{args.cell} {name}",
+        data,
+        cell=args.cell,
+        embed=args.embed,
+        hidden=hidden,
+        layers=args.layers,
+        seq_len=seq_len,
+        chunks=chunks,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dropout=args.dropout,
+        impl=args.impl,
+        updates=updates,
+        max_seconds=None if args.minutes is None else 60.0 * args.minutes,
+        seed=args.seed,
+        progress=not args.no_progress,
+        desc=f"{args.cell} {name}",
     )
-    res.add(name, args.cell, "bits_per_char", "test", char_lm.lm_bits_per_char(lm.params, data.test),
-            updates=lm.updates, chars_seen=lm.updates * args.batch_size * seq_len)
-    res.record_budget(lm.updates, lm.updates_planned, stopped_early=lm.stopped_early,
-                      why=f"the --minutes {args.minutes} cap")
+    res.add(
+        name,
+        args.cell,
+        "bits_per_char",
+        "test",
+        char_lm.lm_bits_per_char(lm.params, data.test),
+        updates=lm.updates,
+        chars_seen=lm.updates * args.batch_size * seq_len,
+    )
+    res.record_budget(
+        lm.updates, lm.updates_planned, stopped_early=lm.stopped_early, why=f"the --minutes {args.minutes} cap"
+    )
     res.extra["history"] = lm.history
 
     samples = char_lm.lm_samples(lm.params, data.vocab, PROMPT, sample_chars, args.temperatures)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "samples.txt").write_text("\n\n".join(samples) + "\n", encoding="utf-8")
     results.finish(
-        res, args.out, lm.params, step=lm.updates, meta={"vocab": "".join(data.vocab.chars)},
+        res,
+        args.out,
+        lm.params,
+        step=lm.updates,
+        meta={"vocab": "".join(data.vocab.chars)},
         figures={"char_lm.png": lambda path: plot(lm.history, res, name, args.cell, path)},
         header=f"{name}: {len(data.train):,} train / {len(data.test):,} test chars, vocab {len(data.vocab.chars)}; "
-               f"{args.layers}x{args.cell}({hidden}), {lm.updates} of {lm.updates_planned} updates of "
-               f"{args.batch_size}x{seq_len} chars" + (" (STOPPED EARLY by --minutes)" if lm.stopped_early else ""),
+        f"{args.layers}x{args.cell}({hidden}), {lm.updates} of {lm.updates_planned} updates of "
+        f"{args.batch_size}x{seq_len} chars" + (" (STOPPED EARLY by --minutes)" if lm.stopped_early else ""),
         footer="\n" + samples[min(1, len(samples) - 1)],
     )
 
@@ -104,12 +152,23 @@ def plot(history, res, name, cell, path):
     plt = results.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ev = [h for h in history if "val_bits_per_char" in h]
-    ax.plot([h["updates"] for h in ev], [h["val_bits_per_char"] for h in ev], "o-", color="tab:red", ms=3,
-            label=f"{cell} (validation text)")
+    ax.plot(
+        [h["updates"] for h in ev],
+        [h["val_bits_per_char"] for h in ev],
+        "o-",
+        color="tab:red",
+        ms=3,
+        label=f"{cell} (validation text)",
+    )
     for row in res.rows:
         if "gram" in row["model"]:
-            ax.axhline(row["value"], ls="--", lw=1, color="gray" if row["model"].endswith("wb") else "black",
-                       label=f"{row['model']} {row['value']:.3f}")
+            ax.axhline(
+                row["value"],
+                ls="--",
+                lw=1,
+                color="gray" if row["model"].endswith("wb") else "black",
+                label=f"{row['model']} {row['value']:.3f}",
+            )
     ax.set_xlabel("optimiser updates")
     ax.set_ylabel("bits per character")
     ax.set_ylim(1.0, 4.0)

@@ -85,9 +85,15 @@ def main(argv=None):
             runs.append(run_task(task, cell, args, Path(args.out) / task / cell))
     for run in runs:
         for row in run["results"]:
-            res.add(row["dataset"], row["model"], row["metric"], row["split"], row["value"],
-                    source_task=row["task"], **{k: v for k, v in row.items()
-                                                 if k not in ("task", "dataset", "model", "metric", "split", "value")})
+            res.add(
+                row["dataset"],
+                row["model"],
+                row["metric"],
+                row["split"],
+                row["value"],
+                source_task=row["task"],
+                **{k: v for k, v in row.items() if k not in ("task", "dataset", "model", "metric", "split", "value")},
+            )
     rows = compare.summarize_runs(runs, cells=cli.CELLS)
     cells = [c for c in cli.CELLS if any(c in r for r in rows)] or list(args.cells)
     table = compare.cells_markdown(rows, cells=cells)
@@ -111,14 +117,22 @@ def plot(rows, cells, path):
     for i, row in enumerate(rows):
         labels.append(f"{row['task']} {row['dataset']}" + (f" T={row['T']}" if row.get("T") is not None else ""))
         base = float(row["baseline"].rsplit(" ", 1)[1]) if row.get("baseline") else None
-        lower_better = compare.PRIMARY_METRIC.get(row["task"], ("", "min"))[1] == "min" or row["metric"] in ("mse", "rmse")
+        lower_better = compare.PRIMARY_METRIC.get(row["task"], ("", "min"))[1] == "min" or row["metric"] in (
+            "mse",
+            "rmse",
+        )
         for j, cell in enumerate(cells):
             v = row.get(cell)
             if v is None or base is None or v == 0:
                 continue
             ratio = base / v if lower_better else v / base
-            ax.barh(i + (j - (len(cells) - 1) / 2) * width, ratio, height=width, color=colors[cell],
-                    label=None if cell in labelled else cell)
+            ax.barh(
+                i + (j - (len(cells) - 1) / 2) * width,
+                ratio,
+                height=width,
+                color=colors[cell],
+                label=None if cell in labelled else cell,
+            )
             labelled.add(cell)
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(np.arange(len(rows)), labels, fontsize=7)

@@ -59,26 +59,57 @@ def run(args):
     train_set = {"x": train_x[keep], "y": train_y[keep]}
     val_set = {"x": train_x[held], "y": train_y[held]}
     test_set = {"x": ds.test_x, "y": ds.test_y}
-    config = dict(vars(args), epochs=epochs, hidden=hidden, batch_size=batch_size, n_train=len(keep),
-                  n_val=len(held), n_test=len(ds.test_y))
+    config = dict(
+        vars(args),
+        epochs=epochs,
+        hidden=hidden,
+        batch_size=batch_size,
+        n_train=len(keep),
+        n_val=len(held),
+        n_test=len(ds.test_y),
+    )
     res = results.Results("handwriting", config)
 
     acc = lambda p: classify.accuracy(p, ds.test_y)  # noqa: E731
     res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(train_y, len(ds.test_y))))
     base_x = train_x if not args.quick else train_x[:500]
     base_y = train_y if not args.quick else train_y[:500]
-    res.add(ds.name, f"{baseline}_pixels", "accuracy", "test", acc(B.sklearn_classifier(baseline, base_x, base_y, ds.test_x)))
+    res.add(
+        ds.name,
+        f"{baseline}_pixels",
+        "accuracy",
+        "test",
+        acc(B.sklearn_classifier(baseline, base_x, base_y, ds.test_x)),
+    )
 
     result, preds = classify.classifier_experiment(
-        res, ds.name, train_set, val_set, test_set, cell=args.cell, bidirectional=args.bidirectional, input_size=28,
-        hidden=hidden, n_classes=10, epochs=epochs, batch_size=batch_size, lr=args.lr, dropout=args.dropout,
-        monitor="val_accuracy", seed=args.seed, progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
+        res,
+        ds.name,
+        train_set,
+        val_set,
+        test_set,
+        cell=args.cell,
+        bidirectional=args.bidirectional,
+        input_size=28,
+        hidden=hidden,
+        n_classes=10,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=args.lr,
+        dropout=args.dropout,
+        monitor="val_accuracy",
+        seed=args.seed,
+        progress=not args.no_progress,
+        desc=f"{args.cell} {ds.name}",
     )
     results.finish(
-        res, args.out, result.params, step=int(result.state.step),
+        res,
+        args.out,
+        result.params,
+        step=int(result.state.step),
         figures={"handwriting.png": lambda path: plot(ds, preds, result.history, args, path)},
         header=f"{ds.name}: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test images as 28 steps x 28 "
-               f"pixels; {'bi' if args.bidirectional else ''}{args.cell}({hidden}), best epoch {result.best_epoch}/{epochs}",
+        f"pixels; {'bi' if args.bidirectional else ''}{args.cell}({hidden}), best epoch {result.best_epoch}/{epochs}",
     )
 
 

@@ -95,7 +95,8 @@ def run(args):
     for task, t, cell in runs:
         gen, d_in, d_out, metric, solved = TASKS[task]
         run_keys = lambda seed: jax.random.split(  # noqa: E731  (k_init, k_data, k_val, k_test)
-            jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), list(TASKS).index(task)), 4)
+            jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), list(TASKS).index(task)), 4
+        )
         if (task, t) not in eval_sets:  # the same validation and test sets for every cell and seed
             _, _, k_val, k_test = run_keys(args.seed)
             make = jax.jit(partial(gen, batch_size=n_test, length=t))
@@ -106,37 +107,76 @@ def run(args):
         values = []
         for seed in seeds:
             k_init, k_data, _, _ = run_keys(seed)
-            params = jax.jit(partial(seqmodel.init_seq_model, cell=cell, input_size=d_in, hidden_size=args.hidden,
-                                     output_size=d_out))(k_init)
+            params = jax.jit(
+                partial(seqmodel.init_seq_model, cell=cell, input_size=d_in, hidden_size=args.hidden, output_size=d_out)
+            )(k_init)
             optimizer = train.make_optimizer(args.lr, clip_norm=1.0)
             label = f"{task} T={t} {cell}" + (f" seed {seed}" if len(seeds) > 1 else "")
             final, history = loops.train_generated(
-                loss_fn, params, optimizer, partial(gen, batch_size=args.batch_size, length=t), steps=steps,
-                key=k_data, chunk=eval_every, eval_fn=lambda p: {f"val_{metric}": evaluate(p, val)[metric]},
-                until=lambda r: STOP[task](r[f"val_{metric}"]), bar=bar, desc=label,
+                loss_fn,
+                params,
+                optimizer,
+                partial(gen, batch_size=args.batch_size, length=t),
+                steps=steps,
+                key=k_data,
+                chunk=eval_every,
+                eval_fn=lambda p: {f"val_{metric}": evaluate(p, val)[metric]},
+                until=lambda r: STOP[task](r[f"val_{metric}"]),
+                bar=bar,
+                desc=label,
             )
             value = float(evaluate(final, test)[metric])
             values.append(value)
-            res.add(task, cell, metric, "test", value, seq_len=t, steps=history[-1]["step"],
-                    solved=bool(solved(value)), seed=seed)
+            res.add(
+                task,
+                cell,
+                metric,
+                "test",
+                value,
+                seq_len=t,
+                steps=history[-1]["step"],
+                solved=bool(solved(value)),
+                seed=seed,
+            )
             trained[f"{task}_T{t}_{cell}" + (f"_seed{seed}" if len(seeds) > 1 else "")] = final
             if seed == seeds[0] and task == "adding" and t == min(lengths, key=lambda v: abs(v - grad_length)):
                 probe = {k: v[:256] for k, v in test.items()}
                 grad_fn = jax.jit(partial(input_gradient_norms, loss_fn))
                 grad_curves[cell] = (np.asarray(grad_fn(params, probe)), np.asarray(grad_fn(final, probe)), t)
         if len(seeds) > 1:  # one summary row per (task, T, cell): the median run and how many runs solved it
-            res.add(task, cell, metric, "test", float(np.median(values)), seq_len=t, seeds=len(seeds),
-                    solved_runs=sum(bool(solved(v)) for v in values), statistic="median")
+            res.add(
+                task,
+                cell,
+                metric,
+                "test",
+                float(np.median(values)),
+                seq_len=t,
+                seeds=len(seeds),
+                solved_runs=sum(bool(solved(v)) for v in values),
+                statistic="median",
+            )
         if cell == cells[-1]:  # baselines once per (task, T), on the same test set
             if metric == "mse":
                 res.add(task, "mean_predictor", "mse", "test", float(jnp.mean((test["y"] - 1.0) ** 2)), seq_len=t)
             else:
-                res.add(task, "chance", "accuracy", "test", float(jnp.max(jnp.bincount(test["y"], length=4)) / n_test),
-                        seq_len=t)
+                res.add(
+                    task,
+                    "chance",
+                    "accuracy",
+                    "test",
+                    float(jnp.max(jnp.bincount(test["y"], length=4)) / n_test),
+                    seq_len=t,
+                )
     bar.close()
     runs_rows = [r for r in res.rows if "seed" in r]
-    res.extra = {"solved": {f"{r['dataset']}_T{r['seq_len']}_{r['model']}"
-                            + (f"_seed{r['seed']}" if len(seeds) > 1 else ""): r["solved"] for r in runs_rows}}
+    res.extra = {
+        "solved": {
+            f"{r['dataset']}_T{r['seq_len']}_{r['model']}" + (f"_seed{r['seed']}" if len(seeds) > 1 else ""): r[
+                "solved"
+            ]
+            for r in runs_rows
+        }
+    }
     results.save_checkpoint(args.out, trained, meta={"config": res.config})
     plot_results(res, args, lengths, cells, seeds, f"{args.out}/long_range.png")
     if grad_curves:
@@ -144,12 +184,16 @@ def run(args):
     res.write(args.out)
     print(res.table())
     for task in args.tasks:
+
         def solved_at(c):
-            counts = {t: sum(r["solved"] for r in runs_rows if (r["dataset"], r["model"], r["seq_len"]) == (task, c, t))
-                      for t in lengths}
+            counts = {
+                t: sum(r["solved"] for r in runs_rows if (r["dataset"], r["model"], r["seq_len"]) == (task, c, t))
+                for t in lengths
+            }
             if len(seeds) == 1:
                 return f"T = {[t for t in lengths if counts[t]] or 'none'}"
             return ", ".join(f"T={t} {counts[t]}/{len(seeds)}" for t in lengths)
+
         print(f"{task}: solved at " + "; ".join(f"{c}: {solved_at(c)}" for c in cells))
     print(f"({res.timer():.0f} s, results in {args.out})")
 
@@ -162,8 +206,13 @@ def plot_results(res, args, lengths, cells, seeds, path):
         metric = TASKS[task][3]
         for cell in cells:
             per_seed = [[res.value(cell, metric, dataset=task, seq_len=t, seed=s) for s in seeds] for t in lengths]
-            ax.plot(lengths, [np.median(v) for v in per_seed], "o-", color=colors[cell],
-                    label=cell + (f" (median of {len(seeds)})" if len(seeds) > 1 else ""))
+            ax.plot(
+                lengths,
+                [np.median(v) for v in per_seed],
+                "o-",
+                color=colors[cell],
+                label=cell + (f" (median of {len(seeds)})" if len(seeds) > 1 else ""),
+            )
             if len(seeds) > 1:
                 ax.plot(np.repeat(lengths, len(seeds)), np.ravel(per_seed), ".", color=colors[cell], alpha=0.4, ms=4)
         base = "mean_predictor" if metric == "mse" else "chance"

@@ -31,8 +31,12 @@ def parse(argv):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--embed-init", choices=("random", "ppmi_svd"), default="ppmi_svd",
-                   help="embedding init: random, or SVD of the train texts' word co-occurrence PPMI (no labels)")
+    p.add_argument(
+        "--embed-init",
+        choices=("random", "ppmi_svd"),
+        default="ppmi_svd",
+        help="embedding init: random, or SVD of the train texts' word co-occurrence PPMI (no labels)",
+    )
     return p.parse_args(argv)
 
 
@@ -51,8 +55,16 @@ def run(args):
     part = lambda i: {"x": x_train[i], "lengths": len_train[i], "y": train_y[i]}  # noqa: E731
     train_set, val_set = part(keep), part(held)
     test_set = {"x": x_test, "lengths": len_test, "y": ds.test_y}
-    config = dict(vars(args), epochs=epochs, max_len=max_len, hidden=hidden, vocab=len(vocab.words),
-                  n_train=len(keep), n_val=len(held), n_test=len(ds.test_y))
+    config = dict(
+        vars(args),
+        epochs=epochs,
+        max_len=max_len,
+        hidden=hidden,
+        vocab=len(vocab.words),
+        n_train=len(keep),
+        n_val=len(held),
+        n_test=len(ds.test_y),
+    )
     res = results.Results("sentiment", config)
 
     acc = lambda p: classify.accuracy(p, ds.test_y)  # noqa: E731
@@ -64,18 +76,38 @@ def run(args):
     if args.embed_init == "ppmi_svd":  # from the training texts only, no labels
         embed_init = text.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)
     result, _ = classify.classifier_experiment(
-        res, ds.name, train_set, val_set, test_set, cell=args.cell, readout=args.readout,
-        bidirectional=args.bidirectional, input_size=args.embed, hidden=hidden, n_classes=2, epochs=epochs,
-        batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout,
-        vocab_size=len(vocab.words), embed_init=embed_init, weight_decay=1e-4, seed=args.seed,
-        progress=not args.no_progress, desc=f"{args.cell} reviews",
+        res,
+        ds.name,
+        train_set,
+        val_set,
+        test_set,
+        cell=args.cell,
+        readout=args.readout,
+        bidirectional=args.bidirectional,
+        input_size=args.embed,
+        hidden=hidden,
+        n_classes=2,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dropout=args.dropout,
+        recurrent_dropout=args.dropout,
+        vocab_size=len(vocab.words),
+        embed_init=embed_init,
+        weight_decay=1e-4,
+        seed=args.seed,
+        progress=not args.no_progress,
+        desc=f"{args.cell} reviews",
     )
     results.finish(
-        res, args.out, result.params, step=int(result.state.step),
+        res,
+        args.out,
+        result.params,
+        step=int(result.state.step),
         figures={"sentiment.png": lambda path: plot(result.history, res, args.cell, path)},
         header=f"fine-food reviews: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test, vocab "
-               f"{len(vocab.words)}, {'bi' if args.bidirectional else ''}{args.cell}({hidden}) {args.readout}-pooled, "
-               f"best epoch {result.best_epoch}/{epochs}",
+        f"{len(vocab.words)}, {'bi' if args.bidirectional else ''}{args.cell}({hidden}) {args.readout}-pooled, "
+        f"best epoch {result.best_epoch}/{epochs}",
     )
 
 
@@ -83,8 +115,13 @@ def plot(history, res, cell, path):
     plt = results.pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
     ax.plot([h["epoch"] for h in history], [h["train_accuracy"] for h in history], label="train")
-    ax.plot([h["epoch"] for h in history if "val_accuracy" in h],
-            [h["val_accuracy"] for h in history if "val_accuracy" in h], "o-", ms=3, label="val")
+    ax.plot(
+        [h["epoch"] for h in history if "val_accuracy" in h],
+        [h["val_accuracy"] for h in history if "val_accuracy" in h],
+        "o-",
+        ms=3,
+        label="val",
+    )
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)

@@ -63,9 +63,18 @@ def run(args):
     train_set = part(x_train, len_train, ds.train_y, keep)
     val_set = part(x_train, len_train, ds.train_y, held)
     test_set = {"x": x_test, "lengths": len_test, "y": ds.test_y}
-    config = dict(vars(args), dataset=ds.name, epochs=epochs, hidden=hidden, n_classes=n_classes,
-                  n_train=len(keep), n_val=len(held), n_test=len(ds.test_y), max_len=max_len,
-                  channels=int(x_train.shape[-1]))
+    config = dict(
+        vars(args),
+        dataset=ds.name,
+        epochs=epochs,
+        hidden=hidden,
+        n_classes=n_classes,
+        n_train=len(keep),
+        n_val=len(held),
+        n_test=len(ds.test_y),
+        max_len=max_len,
+        channels=int(x_train.shape[-1]),
+    )
     res = results.Results("speaker_id", config)
 
     # ---- baselines, fitted on the full training set
@@ -73,23 +82,45 @@ def run(args):
     res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(ds.train_y, len(ds.test_y))))
     if max_len <= DTW_MAX_LEN:
         res.add(ds.name, "1nn_dtw", "accuracy", "test", acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x)))
-    res.add(ds.name, "1nn_euclidean", "accuracy", "test",
-            acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x, metric="euclidean")))
+    res.add(
+        ds.name,
+        "1nn_euclidean",
+        "accuracy",
+        "test",
+        acc(B.nearest_neighbor(ds.train_x, ds.train_y, ds.test_x, metric="euclidean")),
+    )
 
     # ---- recurrent classifier on padded batches with lengths
     result, preds = classify.classifier_experiment(
-        res, ds.name, train_set, val_set, test_set, cell=args.cell, bidirectional=args.bidirectional,
-        input_size=x_train.shape[-1], hidden=hidden, n_classes=n_classes, epochs=epochs, batch_size=args.batch_size,
-        lr=args.lr, dropout=args.dropout, recurrent_dropout=args.dropout, seed=args.seed,
-        progress=not args.no_progress, desc=f"{args.cell} {ds.name}",
+        res,
+        ds.name,
+        train_set,
+        val_set,
+        test_set,
+        cell=args.cell,
+        bidirectional=args.bidirectional,
+        input_size=x_train.shape[-1],
+        hidden=hidden,
+        n_classes=n_classes,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dropout=args.dropout,
+        recurrent_dropout=args.dropout,
+        seed=args.seed,
+        progress=not args.no_progress,
+        desc=f"{args.cell} {ds.name}",
     )
     cm = classify.confusion_matrix(ds.test_y, preds, n_classes)
     results.finish(
-        res, args.out, result.params, step=int(result.state.step),
+        res,
+        args.out,
+        result.params,
+        step=int(result.state.step),
         figures={"confusion.png": lambda path: plot(cm, ds, args.cell, acc(preds), path)},
         header=f"{ds.name}: {config['n_train']} train / {config['n_val']} val / {config['n_test']} test, "
-               f"{n_classes} classes, lengths {int(len_train.min())}-{max_len}; {args.cell}({hidden}), best epoch "
-               f"{result.best_epoch}/{epochs}",
+        f"{n_classes} classes, lengths {int(len_train.min())}-{max_len}; {args.cell}({hidden}), best epoch "
+        f"{result.best_epoch}/{epochs}",
     )
 
 
@@ -102,8 +133,15 @@ def plot(cm, ds, cell, accuracy, path):
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black",
+                    )
         ax.set_xticks(range(k), ds.classes, fontsize=7)
         ax.set_yticks(range(k), ds.classes, fontsize=7)
     ax.set_xlabel("predicted")

@@ -17,7 +17,8 @@ Kneser-Ney character n-grams).
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -226,8 +227,14 @@ def nearest_neighbor(
 
 
 def tfidf_logreg(
-    train_text: Sequence[str], train_y: np.ndarray, test_text: Sequence[str], *, ngram_range=(1, 2),
-    Cs: Sequence[float] = (0.3, 1.0, 3.0, 10.0, 30.0), cv: int = 5, seed: int = 0,
+    train_text: Sequence[str],
+    train_y: np.ndarray,
+    test_text: Sequence[str],
+    *,
+    ngram_range=(1, 2),
+    Cs: Sequence[float] = (0.3, 1.0, 3.0, 10.0, 30.0),
+    cv: int = 5,
+    seed: int = 0,
 ) -> np.ndarray:
     """TF-IDF (word 1-2-grams, sublinear tf, min_df 2) + L2 logistic regression -> test labels.
 
@@ -244,8 +251,9 @@ def tfidf_logreg(
         model_selection = _sklearn("sklearn.model_selection")
         folds = model_selection.StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         scores = [
-            model_selection.cross_val_score(linear.LogisticRegression(C=float(c), solver="liblinear"), x_train, train_y,
-                                            cv=folds).mean()
+            model_selection.cross_val_score(
+                linear.LogisticRegression(C=float(c), solver="liblinear"), x_train, train_y, cv=folds
+            ).mean()
             for c in Cs
         ]
         best_c = float(Cs[int(np.argmax(scores))])
@@ -300,7 +308,9 @@ def _codes(ids: np.ndarray, k: int, vocab: int) -> np.ndarray:
     return code
 
 
-def fit_ngram(ids: np.ndarray, vocab: int, *, order: int = 5, smoothing: str = "witten_bell", discount: float = 0.75) -> NGramModel:
+def fit_ngram(
+    ids: np.ndarray, vocab: int, *, order: int = 5, smoothing: str = "witten_bell", discount: float = 0.75
+) -> NGramModel:
     """Count an interpolated character n-gram model.
 
     Args:
@@ -334,8 +344,18 @@ def fit_ngram(ids: np.ndarray, vocab: int, *, order: int = 5, smoothing: str = "
         ctx_types.append(np.diff(np.append(start, len(ctx))).astype(np.float64))
     uni = np.bincount(ids, minlength=vocab).astype(np.float64)
     unigram = (uni + 1.0) / (uni.sum() + vocab)
-    return NGramModel(order, vocab, smoothing, discount, tuple(keys), tuple(counts), tuple(ctx_keys),
-                      tuple(ctx_counts), tuple(ctx_types), unigram)
+    return NGramModel(
+        order,
+        vocab,
+        smoothing,
+        discount,
+        tuple(keys),
+        tuple(counts),
+        tuple(ctx_keys),
+        tuple(ctx_counts),
+        tuple(ctx_types),
+        unigram,
+    )
 
 
 def _lookup(table_keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:

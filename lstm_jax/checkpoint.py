@@ -227,9 +227,9 @@ class CheckpointStore:
             f"{i:05d}": np.zeros(shape, dtype=np.dtype(dtype)) for i, (shape, dtype, _) in enumerate(record["leaves"])
         }
         try:
-            arrays = self._manager.restore(
-                step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target))
-            )["arrays"]
+            arrays = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target)))[
+                "arrays"
+            ]
         except Exception as e:
             raise CheckpointError(f"checkpoint step {step} in {self.directory} is partial or corrupted: {e}") from e
         if sorted(arrays) != sorted(target):
@@ -301,4 +301,3 @@ def all_steps(directory) -> list:
         return []
     with CheckpointStore(directory, keep=None) as store:
         return store.all_steps()
-

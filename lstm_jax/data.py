@@ -20,7 +20,8 @@ A batch is any pytree (usually a dict) of arrays sharing the leading axis ``N``:
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple, Optional, Union
 
 import jax
 import numpy as np
@@ -146,9 +147,7 @@ def make_windows(
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"expected {name} to be a positive int, got {v!r}")
     if window + horizon > n:
-        raise ValueError(
-            f"expected a series longer than window + horizon = {window} + {horizon}, got {n} rows"
-        )
+        raise ValueError(f"expected a series longer than window + horizon = {window} + {horizon}, got {n} rows")
     check_finite(a, "series")
     fcols = _columns(feature_cols, f, "feature_cols")
     tcols = _columns(target_cols, f, "target_cols")
@@ -188,9 +187,7 @@ def chronological_split(
                 raise ValueError(f"expected {name}_fraction in [0, 1), got {frac}")
             size = int(round(frac * n))
             if frac > 0 and size == 0:
-                raise ValueError(
-                    f"expected a non-empty {name} split, got {name}_fraction={frac} of n={n} -> 0 rows"
-                )
+                raise ValueError(f"expected a non-empty {name} split, got {name}_fraction={frac} of n={n} -> 0 rows")
         elif not isinstance(size, (int, np.integer)) or size < 0:
             raise ValueError(f"expected {name}_size to be a non-negative int, got {size!r}")
         sizes.append(int(size))
@@ -231,9 +228,7 @@ def _scaler_cols(scaler: StandardScaler, x: np.ndarray, columns: Columns, what: 
     k = x.shape[-1] if x.ndim else None
     if k != cols.size:
         hint = "" if columns is not None else " (pass columns=... for a subset)"
-        raise ValueError(
-            f"expected {what} with {cols.size} features in the last axis{hint}, got shape {x.shape}"
-        )
+        raise ValueError(f"expected {what} with {cols.size} features in the last axis{hint}, got shape {x.shape}")
     return scaler.mean[cols], scaler.scale[cols]
 
 
@@ -416,7 +411,12 @@ def pad_sequences(
 
 
 def bucket_by_length(
-    lengths, batch_size: int, *, num_buckets: Optional[int] = None, seed: Union[int, PRNGKey] = 0, epoch: int = 0,
+    lengths,
+    batch_size: int,
+    *,
+    num_buckets: Optional[int] = None,
+    seed: Union[int, PRNGKey] = 0,
+    epoch: int = 0,
     shuffle: bool = True,
 ) -> list:
     """Group example indices into batches of similar length (less padding per batch).

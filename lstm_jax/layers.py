@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstm_jax import backends
+from lstm_jax.backends import LayerCall
 from lstm_jax.cells import (
     GRU_CELL,
     LSTM_CELL,
@@ -36,8 +38,6 @@ from lstm_jax.cells import (
     init_lstm_cell,
     init_rnn_cell,
 )
-from lstm_jax import backends
-from lstm_jax.backends import LayerCall
 from lstm_jax.keys import as_key
 from lstm_jax.scan import scan_cell
 from lstm_jax.typing import Array, DType, PRNGKey, PyTree
@@ -151,7 +151,11 @@ def init_gru(
 ) -> StackParams:
     """Initialise a GRU network (PyTorch's GRU equations; see ``cells.init_gru_cell``)."""
     return _init_stack(
-        key, input_size, num_layers, bidirectional, hidden_size,
+        key,
+        input_size,
+        num_layers,
+        bidirectional,
+        hidden_size,
         lambda k, d_in: init_gru_cell(k, d_in, hidden_size, dtype=dtype),
     )
 
@@ -167,7 +171,11 @@ def init_rnn(
 ) -> StackParams:
     """Initialise a tanh-RNN network (see ``cells.init_rnn_cell``)."""
     return _init_stack(
-        key, input_size, num_layers, bidirectional, hidden_size,
+        key,
+        input_size,
+        num_layers,
+        bidirectional,
+        hidden_size,
         lambda k, d_in: init_rnn_cell(k, d_in, hidden_size, dtype=dtype),
     )
 
@@ -265,8 +273,15 @@ def run_stack(
                 h0 = carry0.h if cell is LSTM_CELL else carry0
                 mask = dropout_mask(rec_keys[d], recurrent_dropout, h0.shape, h0.dtype)
             final, ys = scan_cell(
-                cell, cell_params, carry0, inputs,
-                length=length, reverse=(d == 1), unroll=unroll, recurrent_mask=mask, hoist=hoist,
+                cell,
+                cell_params,
+                carry0,
+                inputs,
+                length=length,
+                reverse=(d == 1),
+                unroll=unroll,
+                recurrent_mask=mask,
+                hoist=hoist,
             )
             outputs.append(ys)
             finals.append(final)
@@ -397,9 +412,18 @@ def _entry_point(cell: CellDef, kind: str, state: str):
         if got is not cell:
             raise TypeError(f"expected {cell.name.upper()} params for {cell.name}(), got {got.name.upper()} params")
         return _batched(
-            params, xs, impl=impl, lengths=lengths, initial_state=initial_state, dropout=dropout,
-            recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            dropout_key=dropout_key, unroll=unroll, hoist=hoist, compute_dtype=compute_dtype,
+            params,
+            xs,
+            impl=impl,
+            lengths=lengths,
+            initial_state=initial_state,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            variational_dropout=variational_dropout,
+            dropout_key=dropout_key,
+            unroll=unroll,
+            hoist=hoist,
+            compute_dtype=compute_dtype,
         )
 
     entry.__name__ = entry.__qualname__ = cell.name

@@ -16,8 +16,8 @@ Shapes: ``b`` batch, ``t`` time steps, ``k`` regression targets, ``V`` vocabular
 >>> round(float(softmax_cross_entropy(logits, labels)), 4)   # logits: [b, t, V]: log(4)
 1.3863
 >>> ys = jnp.arange(12.0).reshape(2, 3, 2)
->>> last_valid(ys, lengths).tolist()                    # [b, t, d] -> [b, d]
-[[4.0, 5.0], [6.0, 7.0]]
+>>> last_valid(ys, lengths)[:, 0].tolist()              # [b, t, d] -> [b, d]; feature 0
+[4.0, 6.0]
 """
 
 from __future__ import annotations
@@ -149,9 +149,7 @@ def rmse(pred: Array, target: Array, lengths: Optional[Array] = None, *, mask: O
 def _check_logits_labels(logits, labels, what: str) -> None:
     ls, ys = _shape(logits), _shape(labels)
     if len(ls) < 2 or ls[:-1] != ys:
-        raise ValueError(
-            f"expected {what} labels of shape {ls[:-1]} (logits shape minus the class axis), got {ys}"
-        )
+        raise ValueError(f"expected {what} labels of shape {ls[:-1]} (logits shape minus the class axis), got {ys}")
     if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
         raise TypeError(f"expected integer {what} labels, got {jnp.asarray(labels).dtype}")
 
@@ -240,9 +238,7 @@ def next_token_loss(
     return masked_mean(nll, step_mask)
 
 
-def accuracy(
-    logits: Array, labels: Array, lengths: Optional[Array] = None, *, mask: Optional[Array] = None
-) -> Array:
+def accuracy(logits: Array, labels: Array, lengths: Optional[Array] = None, *, mask: Optional[Array] = None) -> Array:
     """Fraction of argmax predictions equal to ``labels`` over valid entries.
 
     ``logits: [b, C]`` with ``labels: [b]``, or ``logits: [b, t, V]`` with ``labels: [b, t]``

@@ -156,12 +156,24 @@ class _RecurrentNNX(nnx.Module):
                 raise ValueError("expected rngs=nnx.Rngs(...) to initialise the parameters, got None")
             _, init_fn, _ = _KINDS[self._kind]
             _params = init_fn(
-                rngs["params"](), input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                dtype=dtype, **cell_options,
+                rngs["params"](),
+                input_size,
+                hidden_size,
+                num_layers=num_layers,
+                bidirectional=bidirectional,
+                dtype=dtype,
+                **cell_options,
             )
         self._setup(
-            _params, dropout=dropout, recurrent_dropout=recurrent_dropout, variational_dropout=variational_dropout,
-            compute_dtype=compute_dtype, unroll=unroll, hoist=hoist, impl=impl, deterministic=deterministic,
+            _params,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            variational_dropout=variational_dropout,
+            compute_dtype=compute_dtype,
+            unroll=unroll,
+            hoist=hoist,
+            impl=impl,
+            deterministic=deterministic,
             rngs=rngs,
         )
 
@@ -288,9 +300,7 @@ _NNX_ARGS = """
 class LSTM(_RecurrentNNX):
     __doc__ = (
         "NNX LSTM network over ``lstm_jax.lstm``; ``self.params`` is a ``StackParams`` of ``nnx.Param``.\n"
-        + _NNX_ARGS.format(
-            extra="\n      proj_size, peephole, layer_norm, forget_bias: cell options of ``init_lstm``."
-        )
+        + _NNX_ARGS.format(extra="\n      proj_size, peephole, layer_norm, forget_bias: cell options of ``init_lstm``.")
     )
     _kind = "lstm"
 
@@ -305,7 +315,9 @@ class LSTM(_RecurrentNNX):
         forget_bias: float = 1.0,
         **options: Any,
     ):
-        cell_options: dict[str, Any] = dict(proj_size=proj_size, peephole=peephole, layer_norm=layer_norm, forget_bias=forget_bias)
+        cell_options: dict[str, Any] = dict(
+            proj_size=proj_size, peephole=peephole, layer_norm=layer_norm, forget_bias=forget_bias
+        )
         super().__init__(input_size, hidden_size, **options, **cell_options)
 
 
@@ -375,8 +387,13 @@ class _RecurrentLinen(linen.Module):
 
         def init(key):
             return init_fn(
-                key, int(xs.shape[-1]), self.hidden_size, num_layers=self.num_layers,
-                bidirectional=self.bidirectional, dtype=self.dtype, **self._cell_options(),
+                key,
+                int(xs.shape[-1]),
+                self.hidden_size,
+                num_layers=self.num_layers,
+                bidirectional=self.bidirectional,
+                dtype=self.dtype,
+                **self._cell_options(),
             )
 
         params = self.param("stack", init)
@@ -385,9 +402,17 @@ class _RecurrentLinen(linen.Module):
         use_dropout = not deterministic and (self.dropout > 0.0 or self.recurrent_dropout > 0.0)
         key = self.make_rng("dropout") if use_dropout else None
         return apply_fn(
-            params, xs, lengths=lengths, initial_state=initial_state, dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout, variational_dropout=self.variational_dropout,
-            dropout_key=key, unroll=self.unroll, hoist=self.hoist, compute_dtype=self.compute_dtype,
+            params,
+            xs,
+            lengths=lengths,
+            initial_state=initial_state,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+            variational_dropout=self.variational_dropout,
+            dropout_key=key,
+            unroll=self.unroll,
+            hoist=self.hoist,
+            compute_dtype=self.compute_dtype,
             **_impl_kwargs(self.impl),
         )
 
@@ -406,8 +431,9 @@ _LINEN_DOC = """linen {kind} network over ``lstm_jax.{name}``; variables ``{{"pa
 
 
 class LSTMLinen(_RecurrentLinen):
-    __doc__ = _LINEN_DOC.format(kind="LSTM", name="lstm", cls="LSTM", extra=" ``proj_size``, ``peephole``, "
-                                "``layer_norm``, ``forget_bias``,")
+    __doc__ = _LINEN_DOC.format(
+        kind="LSTM", name="lstm", cls="LSTM", extra=" ``proj_size``, ``peephole``, ``layer_norm``, ``forget_bias``,"
+    )
     proj_size: int = 0
     peephole: bool = False
     layer_norm: bool = False
@@ -416,8 +442,9 @@ class LSTMLinen(_RecurrentLinen):
     _kind = "lstm"
 
     def _cell_options(self) -> dict:
-        return dict(proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm,
-                    forget_bias=self.forget_bias)
+        return dict(
+            proj_size=self.proj_size, peephole=self.peephole, layer_norm=self.layer_norm, forget_bias=self.forget_bias
+        )
 
 
 class GRULinen(_RecurrentLinen):

@@ -29,7 +29,8 @@ import functools
 import math
 import statistics
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Optional
 
 import jax
 import jax.extend.core as jex_core
@@ -38,8 +39,15 @@ import numpy as np
 
 from lstm_jax.typing import PyTree
 
-__all__ = ["MatmulShape", "ScanTiming", "ScanProfile", "profile_scan", "step_matmuls", "peak_matmul_gflops",
-           "time_call"]
+__all__ = [
+    "MatmulShape",
+    "ScanTiming",
+    "ScanProfile",
+    "profile_scan",
+    "step_matmuls",
+    "peak_matmul_gflops",
+    "time_call",
+]
 
 
 class MatmulShape(NamedTuple):
@@ -77,8 +85,10 @@ class ScanProfile(NamedTuple):
         return min(self.timings, key=lambda r: r.us_per_step)
 
     def __str__(self) -> str:
-        lines = [f"lax.scan over {self.steps} steps; {len(self.matmuls)} matmul(s) per step, "
-                 f"{self.flops_per_step / 1e6:.3g} MFLOP/step"]
+        lines = [
+            f"lax.scan over {self.steps} steps; {len(self.matmuls)} matmul(s) per step, "
+            f"{self.flops_per_step / 1e6:.3g} MFLOP/step"
+        ]
         lines += [f"  matmul: {m}" for m in self.matmuls]
         lines.append(f"{'unroll':>6} {'us/step':>9} {'x floor':>8} {'compile s':>10}")
         for r in self.timings:
@@ -131,9 +141,15 @@ def _collect_dots(jaxpr, out: list) -> None:
             (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
             contracted = math.prod(lhs.shape[i] for i in lc)
             out_size = math.prod(eqn.outvars[0].aval.shape)
-            out.append(MatmulShape(tuple(lhs.shape), tuple(rhs.shape),
-                                   ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb))),
-                                   str(lhs.dtype), 2 * out_size * contracted))
+            out.append(
+                MatmulShape(
+                    tuple(lhs.shape),
+                    tuple(rhs.shape),
+                    ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb))),
+                    str(lhs.dtype),
+                    2 * out_size * contracted,
+                )
+            )
         for sub in _subjaxprs(eqn):
             _collect_dots(sub, out)
 
@@ -175,15 +191,14 @@ def _floor_fn(matmuls: Sequence[MatmulShape]):
 
 def _matmul_floor_us(matmuls, steps: int, reps: int) -> float:
     key = jax.random.key(0)
-    rhs_all = tuple(jax.random.normal(jax.random.fold_in(key, i), m.rhs, m.dtype) * 0.01
-                    for i, m in enumerate(matmuls))
+    rhs_all = tuple(jax.random.normal(jax.random.fold_in(key, i), m.rhs, m.dtype) * 0.01 for i, m in enumerate(matmuls))
     lhs0 = jax.random.normal(key, matmuls[0].lhs, matmuls[0].dtype) * 0.01
     run = functools.partial(_floor_fn(matmuls), length=steps)
     compiled, _ = _compile(run, lhs0, rhs_all)
     return statistics.median(time_call(compiled, lhs0, rhs_all, reps=reps)) / steps * 1e6
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_matmul_gflops(n: int = 1024, dtype: str = "float32", reps: int = 5) -> float:
     """GFLOP/s of one ``n x n @ n x n`` matmul on the default device (best of ``reps``)."""
     a = jnp.ones((n, n), dtype)

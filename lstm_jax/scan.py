@@ -12,7 +12,8 @@ Masking semantics (``length`` given, ``t`` steps, ``0 < length <= t``):
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -41,8 +41,7 @@ def init_params(key):
 
 def loss_fn(params, batch, rng):
     # recurrent dropout makes the run depend on the per-step rng (restored on resume)
-    ys, _ = lstm_jax.lstm(params["rnn"], batch["x"], recurrent_dropout=0.2 if rng is not None else 0.0,
-                          dropout_key=rng)
+    ys, _ = lstm_jax.lstm(params["rnn"], batch["x"], recurrent_dropout=0.2 if rng is not None else 0.0, dropout_key=rng)
     pred = ys[:, -1] @ params["w"] + params["b"][None, :]
     return losses.last_step_mse(pred, batch["y"]), {"mae": losses.mae(pred, batch["y"])}
 
@@ -53,10 +52,22 @@ OPTIMIZER = make_optimizer(3e-2, clip_norm=1.0, warmup_steps=2, total_steps=EPOC
 def run(checkpoint_dir=None, *, resume=False, callback=None, compiled_epoch=False, history_path=None, devices=None):
     train, val = make_data()
     return fit(
-        loss_fn, init_params(jax.random.key(0)), OPTIMIZER, train, val_data=val, epochs=EPOCHS,
-        batch_size=BATCH, seed=1, checkpoint_dir=checkpoint_dir, checkpoint_every=CHECKPOINT_EVERY,
-        resume=resume, progress=False, compiled_epoch=compiled_epoch, history_path=history_path,
-        callback=callback, devices=devices,
+        loss_fn,
+        init_params(jax.random.key(0)),
+        OPTIMIZER,
+        train,
+        val_data=val,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        seed=1,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=CHECKPOINT_EVERY,
+        resume=resume,
+        progress=False,
+        compiled_epoch=compiled_epoch,
+        history_path=history_path,
+        callback=callback,
+        devices=devices,
     )
 
 

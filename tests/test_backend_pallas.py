@@ -63,9 +63,14 @@ CASES = {
     "bidirectional_lengths_1_and_t_three_programs": (5, 6, 1, True, [6, 1, 3, 6, 2], {}, 2, False),
     "peephole_bidirectional_lengths": (3, 5, 1, True, [5, 1, 3], {}, 2, True),
     "two_layers_bi_dropout_padded_tile": (
-        3, 5, 2, True, [5, 1, 4],
+        3,
+        5,
+        2,
+        True,
+        [5, 1, 4],
         {"dropout": 0.3, "recurrent_dropout": 0.25, "variational_dropout": True, "dropout_key": jax.random.key(7)},
-        2, False,
+        2,
+        False,
     ),
 }
 
@@ -143,8 +148,13 @@ def test_gpu_lowering_matches_scan(d_h, compute_dtype, peephole):
     b, t = 37, 23  # 3 tiles of 16 with a padded one
     lengths = [t, 1, *np.random.default_rng(0).integers(1, t + 1, b - 2)]
     params, xs, state, lengths, cts = _problem(b, t, 16, d_h, 2, True, lengths, peephole=peephole)
-    kwargs = {"lengths": lengths, "compute_dtype": compute_dtype, "recurrent_dropout": 0.2, "dropout": 0.1,
-              "dropout_key": jax.random.key(3)}
+    kwargs = {
+        "lengths": lengths,
+        "compute_dtype": compute_dtype,
+        "recurrent_dropout": 0.2,
+        "dropout": 0.1,
+        "dropout_key": jax.random.key(3),
+    }
     assert pallas.unsupported(params, xs, LayerCall(**kwargs)) is None
     with jax.default_matmul_precision("highest"):
         (_, out_ref), g_ref = _loss_and_grads("scan", params, xs, state, cts, kwargs)

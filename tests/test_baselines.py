@@ -142,8 +142,9 @@ def test_tfidf_logreg_equals_sklearn_pipeline_for_fixed_C():
         labels.append(y)
     labels = np.array(labels)
     ours = B.tfidf_logreg(texts[:80], labels[:80], texts[80:], Cs=(3.0,))
-    ref = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
-                        LogisticRegression(C=3.0, solver="liblinear"))
+    ref = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2), LogisticRegression(C=3.0, solver="liblinear")
+    )
     np.testing.assert_array_equal(ours, ref.fit(texts[:80], labels[:80]).predict(texts[80:]))
     assert np.mean(ours == labels[80:]) > 0.9
 

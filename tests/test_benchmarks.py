@@ -20,7 +20,10 @@ def test_quick_run_writes_well_formed_json_markdown_and_plots(tmp_path):
     out = tmp_path
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=str(out),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(out),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "results.json") as f:
@@ -46,7 +49,7 @@ def _check_configs(results):
         peers = set(e["results"])
         assert expected <= peers, (e["kind"], peers)
         assert ("ours_fused" in peers) == (e["kind"] == "lstm")
-        for peer, modes in e["results"].items():
+        for _peer, modes in e["results"].items():
             assert set(modes) == {"fwd", "train"}
             for m in modes.values():
                 assert len(m["times_ms"]) == results["settings"]["reps"]
@@ -79,8 +82,16 @@ def _check_sweeps_and_memory(results):
 def _check_markdown_and_plots(out, results, stdout):
     text = (out / "results.md").read_text()
     assert text.startswith("# lstm_jax benchmark")
-    for heading in ("## LSTM: milliseconds", "## GRU: milliseconds", "×torch", "×flax linen", "% chain floor",
-                    "Issue-5 targets", "## Sweeps", "## Train-step compile time and memory"):
+    for heading in (
+        "## LSTM: milliseconds",
+        "## GRU: milliseconds",
+        "×torch",
+        "×flax linen",
+        "% chain floor",
+        "Issue-5 targets",
+        "## Sweeps",
+        "## Train-step compile time and memory",
+    ):
         assert heading in text, heading
     header = next(line for line in text.splitlines() if line.startswith("| config (B, T, D, H)"))
     rows = [line for line in text.splitlines() if line.startswith("| tiny (4, 16, 4, 8)")]
@@ -97,7 +108,10 @@ def test_ensemble_quick_run_reports_speedups_of_matching_members(tmp_path):
     out = tmp_path / "ensemble.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "ensemble.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -112,6 +126,8 @@ def test_ensemble_quick_run_reports_speedups_of_matching_members(tmp_path):
 def test_ensemble_rejects_bad_sizes():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "ensemble.py"), "--sizes", "8x8"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0 and "batch:hidden" in proc.stderr

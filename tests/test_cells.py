@@ -47,9 +47,7 @@ VARIANTS = {
 def _fill(shapes, seed, scale):
     """Random values (NumPy RNG, so nothing is compiled) for a pytree of ShapeDtypeStructs."""
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(
-        lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), dtype=s.dtype), shapes
-    )
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), dtype=s.dtype), shapes)
 
 
 def random_params(name, dtype=jnp.float32, seed=0, scale=0.5):
@@ -143,7 +141,7 @@ def np_step(name, p, carry, x):
 CELL_OF = {"lstm": LSTM_CELL, "gru": GRU_CELL, "rnn": RNN_CELL}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run_variant(name):
     """One jitted function per variant (shared by the tests below, so it compiles once):
     the step with float32 params, the same via ``CellDef.step``, and the step with bfloat16

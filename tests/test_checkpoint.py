@@ -43,10 +43,16 @@ def _tree():
 
 
 def _assert_bitwise_equal(a, b):
-    leaves_a = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, a))
-    leaves_b = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, b))
+    leaves_a = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(
+            lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, a
+        )
+    )
+    leaves_b = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(
+            lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, b
+        )
+    )
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for x, y in zip(leaves_a, leaves_b):
         x, y = np.asarray(x), np.asarray(y)
@@ -70,8 +76,9 @@ def test_round_trip_is_exact_including_keys(tmp_path):
 
 
 def _data_files(step_dir: Path):
-    return sorted(p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.stat().st_size > 0
-                  and p.parent.name == "d")
+    return sorted(
+        p for p in (step_dir / "arrays").rglob("*") if p.is_file() and p.stat().st_size > 0 and p.parent.name == "d"
+    )
 
 
 @pytest.mark.parametrize("damage", ["garble_data", "delete_data", "truncate_meta", "drop_arrays_item"])
@@ -117,8 +124,13 @@ def test_sigkill_or_ctrl_c_then_resume_is_bit_identical(tmp_path):
     ckpt = tmp_path / "ckpt"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     # the run to be killed goes in a subprocess while this process computes the uninterrupted reference
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(ckpt), "--kill-at", "7"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(ckpt), "--kill-at", "7"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         reference = script.run()
         stdout, stderr = proc.communicate(timeout=300)

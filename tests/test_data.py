@@ -27,12 +27,18 @@ def _naive_windows(a, window, horizon, stride, fcols, tcols, multi_step=False):
 
 @pytest.mark.parametrize(
     "window, horizon, stride, fcols, tcols, multi",
-    [(6, 1, 1, None, [0], False), (5, 3, 2, [0, 2], [1, 2], False), (4, 2, 3, [1], None, True), (39, 1, 1, None, [2], False)],
+    [
+        (6, 1, 1, None, [0], False),
+        (5, 3, 2, [0, 2], [1, 2], False),
+        (4, 2, 3, [1], None, True),
+        (39, 1, 1, None, [2], False),
+    ],
 )
 def test_make_windows_equals_naive_loop(window, horizon, stride, fcols, tcols, multi):
     a = _series()
-    x, y = D.make_windows(a, window=window, horizon=horizon, stride=stride, feature_cols=fcols,
-                          target_cols=tcols, multi_step=multi)
+    x, y = D.make_windows(
+        a, window=window, horizon=horizon, stride=stride, feature_cols=fcols, target_cols=tcols, multi_step=multi
+    )
     fc = range(a.shape[1]) if fcols is None else fcols
     tc = range(a.shape[1]) if tcols is None else tcols
     wx, wy = _naive_windows(a, window, horizon, stride, list(fc), list(tc), multi)
@@ -42,9 +48,7 @@ def test_make_windows_equals_naive_loop(window, horizon, stride, fcols, tcols, m
 def test_chronological_split_is_contiguous_and_ordered():
     tr, va, te = D.chronological_split(100, val_fraction=0.2, test_fraction=0.1)
     idx = np.arange(100)
-    chex.assert_trees_all_equal(
-        (idx[tr], idx[va], idx[te]), (np.arange(0, 70), np.arange(70, 90), np.arange(90, 100))
-    )
+    chex.assert_trees_all_equal((idx[tr], idx[va], idx[te]), (np.arange(0, 70), np.arange(70, 90), np.arange(90, 100)))
     tr, va, te = D.chronological_split(10, val_size=3, test_size=0)
     assert (tr, va, te) == (slice(0, 7), slice(7, 10), slice(10, 10))
 
@@ -104,7 +108,7 @@ def test_pad_sequences_and_bucketing():
     np.testing.assert_array_equal(got_len, lengths)
     for i, s in enumerate(seqs):
         np.testing.assert_array_equal(padded[i, : len(s)], s)
-        np.testing.assert_array_equal(padded[i, len(s):], 0.0)
+        np.testing.assert_array_equal(padded[i, len(s) :], 0.0)
     batches = D.bucket_by_length(lengths, 4, seed=0)
     np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(20))
     padding = sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches)
@@ -125,13 +129,25 @@ def test_tbptt_chunks_equal_slicing_loop():
     "call, match",
     [
         (lambda: D.make_windows(np.zeros((5, 2)), window=5), r"longer than window \+ horizon = 5 \+ 1, got 5 rows"),
-        (lambda: D.make_windows(np.array([[0.0], [np.nan], [1.0], [2.0]]), window=2), r"finite values in series.*index \(1, 0\)"),
+        (
+            lambda: D.make_windows(np.array([[0.0], [np.nan], [1.0], [2.0]]), window=2),
+            r"finite values in series.*index \(1, 0\)",
+        ),
         (lambda: D.fit_scaler(np.array([[1.0], [np.inf]])), "finite values in train"),
         (lambda: D.chronological_split(10, val_fraction=0.01), "non-empty val split"),
         (lambda: D.chronological_split(3, val_size=2, test_size=1), "non-empty train split"),
-        (lambda: list(D.minibatches({"x": np.zeros((5, 2))}, 6)), r"batch_size <= number of examples 5, got batch_size=6"),
-        (lambda: D.scale(D.fit_scaler(np.zeros((4, 3))), np.zeros((4, 2))), r"3 features in the last axis.*got shape \(4, 2\)"),
-        (lambda: D.make_windows(np.zeros((9, 2)), window=3, target_cols=[2]), r"target_cols to be column indices in \[0, 2\)"),
+        (
+            lambda: list(D.minibatches({"x": np.zeros((5, 2))}, 6)),
+            r"batch_size <= number of examples 5, got batch_size=6",
+        ),
+        (
+            lambda: D.scale(D.fit_scaler(np.zeros((4, 3))), np.zeros((4, 2))),
+            r"3 features in the last axis.*got shape \(4, 2\)",
+        ),
+        (
+            lambda: D.make_windows(np.zeros((9, 2)), window=3, target_cols=[2]),
+            r"target_cols to be column indices in \[0, 2\)",
+        ),
         (lambda: D.data_size({"x": np.zeros((4, 2)), "y": np.zeros((5,))}), "share the leading axis"),
         (lambda: D.tbptt_chunks(np.zeros((2, 10, 1)), 4), "multiple of chunk=4"),
         (lambda: D.pad_sequences([np.zeros((2, 3)), np.zeros((2, 4))]), r"feature shape \(3,\)"),

@@ -54,12 +54,15 @@ def test_clemson_on_full_calendar_with_gaps_interpolated_and_flagged():
 
 def test_daily_csv_reindexes_and_interpolates(tmp_path):
     path = tmp_path / "w.csv"
-    pd.DataFrame({
-        "day": ["2020-01-01", "2020-01-02", "2020-01-05", "2020-01-06"] + [f"2020-02-{d:02d}" for d in range(1, 29)],
-        "t": [1.0, 2.0, np.nan, 8.0] + list(range(28)),
-        "rain": [0.0, 1.0, 3.0, 2.0] + [0.5] * 28,
-        "note": ["a", "b", "c", "d"] + ["x"] * 28,
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "day": ["2020-01-01", "2020-01-02", "2020-01-05", "2020-01-06"]
+            + [f"2020-02-{d:02d}" for d in range(1, 29)],
+            "t": [1.0, 2.0, np.nan, 8.0] + list(range(28)),
+            "rain": [0.0, 1.0, 3.0, 2.0] + [0.5] * 28,
+            "note": ["a", "b", "c", "d"] + ["x"] * 28,
+        }
+    ).to_csv(path, index=False)
     t = D.daily_csv(str(path), "t", "day")
     assert t.columns == ("t", "rain")  # the text column is dropped, the target comes first
     assert t.dates[0] == np.datetime64("2020-01-01") and t.dates[-1] == np.datetime64("2020-02-28")
@@ -81,8 +84,9 @@ def test_daily_csv_reindexes_and_interpolates(tmp_path):
 )
 def test_daily_csv_errors(tmp_path, kwargs, message):
     path = tmp_path / "w.csv"
-    pd.DataFrame({"day": pd.date_range("2020-01-01", periods=40).astype(str), "t": np.arange(40.0),
-                  "note": ["x"] * 40}).to_csv(path, index=False)
+    pd.DataFrame(
+        {"day": pd.date_range("2020-01-01", periods=40).astype(str), "t": np.arange(40.0), "note": ["x"] * 40}
+    ).to_csv(path, index=False)
     with pytest.raises(D.DatasetError, match=message):
         D.daily_csv(str(path), kwargs["target"], kwargs.get("date_col"))
 

@@ -12,8 +12,9 @@ from lstm_jax import losses as L
 from lstm_jax import train as T
 
 N, TT, F, H = 36, 5, 2, 6
-CONFIG = T.TrainConfig(epochs=4, batch_size=12, learning_rate=2e-2, warmup_steps=2, cosine_decay=True,
-                       patience=1, eval_batch_size=10)
+CONFIG = T.TrainConfig(
+    epochs=4, batch_size=12, learning_rate=2e-2, warmup_steps=2, cosine_decay=True, patience=1, eval_batch_size=10
+)
 LRS = np.array([2e-2, 2e-2, 0.5], np.float32)  # the last member is pushed to overshoot and stop early
 
 
@@ -41,9 +42,20 @@ def _standalone(i):
     init_key, fit_key = T.split_run_key(jax.random.key(i))
     steps_per_epoch = N // CONFIG.batch_size
     return T.fit(
-        loss_fn, init_fn(init_key), CONFIG.make_optimizer(steps_per_epoch, float(LRS[i])), TRAIN, val_data=VAL,
-        epochs=CONFIG.epochs, batch_size=CONFIG.batch_size, seed=fit_key, monitor=CONFIG.monitor, mode=CONFIG.mode,
-        patience=CONFIG.patience, eval_batch_size=CONFIG.eval_batch_size, on_nonfinite="skip", progress=False,
+        loss_fn,
+        init_fn(init_key),
+        CONFIG.make_optimizer(steps_per_epoch, float(LRS[i])),
+        TRAIN,
+        val_data=VAL,
+        epochs=CONFIG.epochs,
+        batch_size=CONFIG.batch_size,
+        seed=fit_key,
+        monitor=CONFIG.monitor,
+        mode=CONFIG.mode,
+        patience=CONFIG.patience,
+        eval_batch_size=CONFIG.eval_batch_size,
+        on_nonfinite="skip",
+        progress=False,
     )
 
 
@@ -61,8 +73,13 @@ def test_vmapped_members_equal_standalone_runs():
         ran = int(member.history["active"].sum())
         assert ran == len(solo.history)
         for name in ("train_loss", "train_mae", "val_loss", "val_mae"):
-            np.testing.assert_allclose(member.history[name][:ran], [e[name] for e in solo.history],
-                                       rtol=1e-5, atol=1e-6, err_msg=f"member {i} {name}")
+            np.testing.assert_allclose(
+                member.history[name][:ran],
+                [e[name] for e in solo.history],
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"member {i} {name}",
+            )
         assert int(member.best_epoch) == solo.best_epoch
         np.testing.assert_allclose(member.best_metric, solo.best_metric, rtol=1e-5)
         if i == 2:  # the overshooting member stopped early in both implementations

@@ -141,8 +141,11 @@ def test_text_helpers():
 
 
 def test_ppmi_svd_vectors_span_the_top_singular_directions():
-    corpus = [["the", "cat", "sat", "on", "the", "mat"], ["the", "dog", "sat", "on", "the", "log"],
-              ["a", "cat", "and", "a", "dog"]] * 3
+    corpus = [
+        ["the", "cat", "sat", "on", "the", "mat"],
+        ["the", "dog", "sat", "on", "the", "log"],
+        ["a", "cat", "and", "a", "dog"],
+    ] * 3
     vocab = text.build_vocab(corpus, min_count=1)
     vectors = text.ppmi_svd_vectors(corpus, vocab, 3, window=2)
     assert vectors.shape == (len(vocab.words), 3) and not vectors[0].any()
@@ -173,8 +176,9 @@ def test_ppmi_svd_vectors_span_the_top_singular_directions():
 def test_char_lm_helpers_against_whole_sequence_computation():
     vocab = char_lm.CharVocab.of("hello world")
     assert vocab.decode(vocab.encode("hold owl")) == "hold owl" and vocab.encode("z")[0] == 0
-    params = seqmodel.init_seq_model(jax.random.key(0), "lstm", 4, 8, len(vocab.chars), num_layers=2,
-                              vocab_size=len(vocab.chars))
+    params = seqmodel.init_seq_model(
+        jax.random.key(0), "lstm", 4, 8, len(vocab.chars), num_layers=2, vocab_size=len(vocab.chars)
+    )
     ids = np.random.default_rng(0).integers(0, len(vocab.chars), 2 * 15 + 1).astype(np.int32)
     got = char_lm.lm_bits_per_char(params, ids, streams=2, chunk=5)
     # reference: each stream read in one call, no chunking
@@ -227,8 +231,18 @@ def test_train_steps_until_and_monitor():
         calls.append(1)
         return {"score": float(len(calls))}  # increasing: 'min' keeps the first evaluation
 
-    run = loops.train_steps(loss_fn, params, opt, lambda s: batches[s], steps=30, eval_fn=eval_fn, eval_every=5,
-                            monitor="score", until=lambda r: r["score"] >= 3, progress=False)
+    run = loops.train_steps(
+        loss_fn,
+        params,
+        opt,
+        lambda s: batches[s],
+        steps=30,
+        eval_fn=eval_fn,
+        eval_every=5,
+        monitor="score",
+        until=lambda r: r["score"] >= 3,
+        progress=False,
+    )
     assert [h["step"] for h in run.history] == [5, 10, 15]
     # an `until` stop is the intended end of a run, not a cut by the clock
     assert (run.steps, run.steps_planned, run.stopped_early) == (15, 30, False)
@@ -266,8 +280,15 @@ def test_results_round_trip_table_and_summary(tmp_path):
     res.add("seattle", "linear_ar", "rmse", "test", 2.7)
     path = res.write(tmp_path)
     data = results.load_metrics(path)
-    assert data["results"][0] == {"task": "weather_forecast", "dataset": "seattle", "model": "lstm", "metric": "rmse",
-                                  "split": "test", "value": 2.5, "ensemble": 2}
+    assert data["results"][0] == {
+        "task": "weather_forecast",
+        "dataset": "seattle",
+        "model": "lstm",
+        "metric": "rmse",
+        "split": "test",
+        "value": 2.5,
+        "ensemble": 2,
+    }
     assert "persistence" in res.table() and res.value("linear_ar", "rmse") == 2.7
     gru = json.loads(json.dumps(data))
     gru["results"][0]["model"] = "gru"
@@ -308,8 +329,9 @@ def _check_outputs(out, task, figures, baselines, models):
 
 def test_weather_forecast_quick(tmp_path, capsys):
     _script("weather_forecast").main(["--quick", "--no-progress", "--out", str(tmp_path)])
-    data = _check_outputs(tmp_path, "weather_forecast", ["forecast.png"], ["persistence", "climatology", "linear_ar"],
-                          ["lstm"])
+    data = _check_outputs(
+        tmp_path, "weather_forecast", ["forecast.png"], ["persistence", "climatology", "linear_ar"], ["lstm"]
+    )
     assert {r["metric"] for r in data["results"]} >= {"rmse", "mae"}
     assert "persistence" in capsys.readouterr().out
     like = seqmodel.init_ensemble(lambda k: seqmodel.init_seq_model(k, "lstm", 6, 16, 1), jax.random.key(0), 2)
@@ -322,28 +344,63 @@ def test_weather_forecast_quick_gru_on_a_user_csv(tmp_path):
 
     n = 400
     t = np.arange(n)
-    pd.DataFrame({"when": pd.date_range("2000-01-01", periods=n).astype(str),
-                  "high": 20 + 8 * np.sin(2 * np.pi * t / 365) + np.random.default_rng(0).normal(size=n),
-                  "low": 10 + 6 * np.sin(2 * np.pi * t / 365)}).to_csv(tmp_path / "w.csv", index=False)
+    pd.DataFrame(
+        {
+            "when": pd.date_range("2000-01-01", periods=n).astype(str),
+            "high": 20 + 8 * np.sin(2 * np.pi * t / 365) + np.random.default_rng(0).normal(size=n),
+            "low": 10 + 6 * np.sin(2 * np.pi * t / 365),
+        }
+    ).to_csv(tmp_path / "w.csv", index=False)
     out = tmp_path / "out"
-    _script("weather_forecast").main(["--quick", "--no-progress", "--cell", "gru", "--csv", str(tmp_path / "w.csv"),
-                                      "--target", "high", "--date-col", "when", "--out", str(out)])
+    _script("weather_forecast").main(
+        [
+            "--quick",
+            "--no-progress",
+            "--cell",
+            "gru",
+            "--csv",
+            str(tmp_path / "w.csv"),
+            "--target",
+            "high",
+            "--date-col",
+            "when",
+            "--out",
+            str(out),
+        ]
+    )
     data = _check_outputs(out, "weather_forecast", ["forecast.png"], ["persistence", "linear_ar"], ["gru"])
     assert data["config"]["test_days"] == 80  # 20 % of a CSV
 
 
 def test_long_range_quick(tmp_path):
     _script("long_range").main(["--quick", "--no-progress", "--out", str(tmp_path)])
-    data = _check_outputs(tmp_path, "long_range", ["long_range.png", "gradients.png"], ["mean_predictor", "chance"],
-                          ["lstm", "gru", "rnn"])
+    data = _check_outputs(
+        tmp_path,
+        "long_range",
+        ["long_range.png", "gradients.png"],
+        ["mean_predictor", "chance"],
+        ["lstm", "gru", "rnn"],
+    )
     assert {r["dataset"] for r in data["results"]} == {"adding", "temporal_order"}
 
 
 def test_long_range_seeds_rows_and_summary(tmp_path):
     script = _script("long_range")
     script.main(["--quick", "--no-progress", "--cell", "lstm", "--tasks", "adding", "--out", str(tmp_path / "one")])
-    script.main(["--quick", "--no-progress", "--cell", "lstm", "--tasks", "adding", "--seeds", "3",
-                 "--out", str(tmp_path / "three")])
+    script.main(
+        [
+            "--quick",
+            "--no-progress",
+            "--cell",
+            "lstm",
+            "--tasks",
+            "adding",
+            "--seeds",
+            "3",
+            "--out",
+            str(tmp_path / "three"),
+        ]
+    )
     one = results.load_metrics(tmp_path / "one" / "metrics.json")
     three = results.load_metrics(tmp_path / "three" / "metrics.json")
     per_seed = [r for r in three["results"] if r["model"] == "lstm" and "seed" in r]
@@ -422,7 +479,9 @@ def test_compare_cells_collects_a_table(tmp_path):
 def test_compare_cells_quick_runs_both_cells(tmp_path):
     _script("compare_cells").main(["--quick", "--no-progress", "--tasks", "weather_forecast", "--out", str(tmp_path)])
     for cell in ("lstm", "gru"):
-        _check_outputs(tmp_path / "weather_forecast" / cell, "weather_forecast", ["forecast.png"], ["linear_ar"], [cell])
+        _check_outputs(
+            tmp_path / "weather_forecast" / cell, "weather_forecast", ["forecast.png"], ["linear_ar"], [cell]
+        )
     table = (tmp_path / "cells.md").read_text()
     assert "| weather_forecast | seattle | rmse | linear_ar 2.696 |" in table
     assert results.load_metrics(tmp_path / "metrics.json")["task"] == "compare_cells"
@@ -484,7 +543,9 @@ def test_quickstart_notebook_executes():
     import nbformat
 
     nb = nbformat.read(EXPERIMENTS / "quickstart.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "LSTM RMSE" in text and "persistence RMSE" in text
 
@@ -515,8 +576,9 @@ def test_lm_chunk_loss_dropout_only_with_a_key_and_matches_apply_seq_model():
     np.testing.assert_allclose(char_lm.lm_chunk_loss(params, carry, piece, None, dropout=0.5)[0], plain, rtol=1e-6)
     key = jax.random.key(2)
     noisy = char_lm.lm_chunk_loss(params, carry, piece, key, dropout=0.5)[0]
-    logits = seqmodel.apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, dropout=0.5,
-                               dropout_key=key)
+    logits = seqmodel.apply_seq_model(
+        params, piece["x"], readout="sequence", initial_state=carry, dropout=0.5, dropout_key=key
+    )
     ref = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), piece["y"][..., None], axis=-1))
     np.testing.assert_allclose(noisy, ref, rtol=1e-5)
     assert abs(float(noisy) - float(plain)) > 1e-4

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import lstm_jax
-from lstm_jax.cells import LSTM_CELL, LSTMCarry, init_lstm_cell
 from lstm_jax.backends.fused import MEMORY_MODES, fused_stack, is_fusable, lstm_layer
+from lstm_jax.cells import LSTM_CELL, LSTMCarry, init_lstm_cell
 from lstm_jax.scan import scan_cell
 
 B, T, D, H = 3, 9, 4, 5
@@ -83,8 +83,7 @@ def reference():
     """Outputs and gradients of the core scan for full lengths and for LENGTHS (one compile)."""
     grads = _jit(jax.value_and_grad(_loss(_both_directions(_reference)), argnums=(0, 1, 2), has_aux=True))
     return {
-        name: grads(*_inputs(), jnp.asarray(lens))
-        for name, lens in (("full", np.full(B, T)), ("lengths", LENGTHS))
+        name: grads(*_inputs(), jnp.asarray(lens)) for name, lens in (("full", np.full(B, T)), ("lengths", LENGTHS))
     }
 
 
@@ -125,8 +124,9 @@ def test_grads_match_central_finite_differences():
         for seed in range(3):
             keys = jax.random.split(jax.random.key(seed), len(leaves))
             v = [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)]
-            plus, minus = (jax.tree_util.tree_unflatten(treedef, [a + s * d for a, d in zip(leaves, v)])
-                           for s in (1e-5, -1e-5))
+            plus, minus = (
+                jax.tree_util.tree_unflatten(treedef, [a + s * d for a, d in zip(leaves, v)]) for s in (1e-5, -1e-5)
+            )
             numeric = (loss(*plus) - loss(*minus)) / 2e-5
             analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grads), v))
             np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6, atol=1e-7)

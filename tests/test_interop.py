@@ -76,10 +76,17 @@ def test_from_torch_structure_and_dtype():
 
 
 def test_bfloat16_round_trip_through_torch():
-    params = lstm_jax.StackParams(((_lstm_cell()._replace(
-        w_x=jnp.arange(4 * D_H * D_IN, dtype=jnp.bfloat16).reshape(D_IN, 4 * D_H) / 7,
-        w_h=jnp.ones((D_H, 4 * D_H), jnp.bfloat16), b=jnp.full((4 * D_H,), -0.5, jnp.bfloat16),
-    ),),))
+    params = lstm_jax.StackParams(
+        (
+            (
+                _lstm_cell()._replace(
+                    w_x=jnp.arange(4 * D_H * D_IN, dtype=jnp.bfloat16).reshape(D_IN, 4 * D_H) / 7,
+                    w_h=jnp.ones((D_H, 4 * D_H), jnp.bfloat16),
+                    b=jnp.full((4 * D_H,), -0.5, jnp.bfloat16),
+                ),
+            ),
+        )
+    )
     module = interop.to_torch(params)
     assert module.weight_ih_l0.dtype == torch.bfloat16
     back = interop.from_torch(module)
@@ -167,7 +174,9 @@ def test_from_flax_rejects_mismatched_gate_kernels():
 
 def test_from_flax_rejects_bad_fused_shapes():
     bad_ratio = {"dense_i": {"kernel": np.zeros((D_IN, 10))}, "dense_h": {"kernel": np.zeros((D_H, 10))}}
-    match = r"expected flax 'dense_h'\.kernel of shape \[d_h, 4\*d_h\] \(LSTM\) or \[d_h, 3\*d_h\] \(GRU\), got \(4, 10\)"
+    match = (
+        r"expected flax 'dense_h'\.kernel of shape \[d_h, 4\*d_h\] \(LSTM\) or \[d_h, 3\*d_h\] \(GRU\), got \(4, 10\)"
+    )
     with pytest.raises(ValueError, match=match):
         interop.from_flax(bad_ratio)
     bad_input = {"dense_i": {"kernel": np.zeros((D_IN, 16))}, "dense_h": {"kernel": np.zeros((D_H, 12))}}
@@ -220,8 +229,10 @@ def test_from_flax_rejects_non_default_activations():
 def test_from_flax_linen_gru_bias_layout():
     """Flax linen GRU: b_x = [b_ir, b_iz, b_in], b_h = [0, 0, b_hn] (the reset gate multiplies b_hn)."""
     rng = np.random.default_rng(0)
-    p = {k: {"kernel": rng.normal(size=(D_IN if k[0] == "i" else D_H, D_H)).astype(np.float32)}
-         for k in ("ir", "iz", "in", "hr", "hz", "hn")}
+    p = {
+        k: {"kernel": rng.normal(size=(D_IN if k[0] == "i" else D_H, D_H)).astype(np.float32)}
+        for k in ("ir", "iz", "in", "hr", "hz", "hn")
+    }
     for k in ("ir", "iz", "in", "hn"):
         p[k]["bias"] = rng.normal(size=(D_H,)).astype(np.float32)
     params = interop.from_flax(p)
@@ -262,16 +273,26 @@ _ZEROS = dict(kernel_initializer="zeros", recurrent_initializer="zeros")
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda k: k.layers.LSTM(D_H, activation="relu", **_ZEROS),
-         r"expected a keras LSTM with activation='tanh', got"),
-        (lambda k: k.layers.LSTM(D_H, recurrent_activation="hard_sigmoid", **_ZEROS),
-         r"expected a keras LSTM with recurrent_activation='sigmoid', got"),
-        (lambda k: k.layers.LSTM(D_H, go_backwards=True, **_ZEROS),
-         r"expected a keras LSTM with go_backwards=False, got go_backwards=True"),
-        (lambda k: k.layers.GRU(D_H, reset_after=False, **_ZEROS),
-         r"expected a keras GRU with reset_after=True .*got reset_after=False"),
-        (lambda k: k.layers.SimpleRNN(D_H, activation="relu", **_ZEROS),
-         r"expected a keras SimpleRNN with activation='tanh', got"),
+        (
+            lambda k: k.layers.LSTM(D_H, activation="relu", **_ZEROS),
+            r"expected a keras LSTM with activation='tanh', got",
+        ),
+        (
+            lambda k: k.layers.LSTM(D_H, recurrent_activation="hard_sigmoid", **_ZEROS),
+            r"expected a keras LSTM with recurrent_activation='sigmoid', got",
+        ),
+        (
+            lambda k: k.layers.LSTM(D_H, go_backwards=True, **_ZEROS),
+            r"expected a keras LSTM with go_backwards=False, got go_backwards=True",
+        ),
+        (
+            lambda k: k.layers.GRU(D_H, reset_after=False, **_ZEROS),
+            r"expected a keras GRU with reset_after=True .*got reset_after=False",
+        ),
+        (
+            lambda k: k.layers.SimpleRNN(D_H, activation="relu", **_ZEROS),
+            r"expected a keras SimpleRNN with activation='tanh', got",
+        ),
     ],
     ids=["activation", "recurrent_activation", "go_backwards", "reset_after", "simple_rnn_relu"],
 )

@@ -73,7 +73,9 @@ def test_key_taking_functions_accept_both_kinds(name, fn):
 
 @pytest.mark.parametrize("kind,impl", [("lstm", "scan"), ("lstm", "fused"), ("gru", "scan"), ("rnn", "scan")])
 def test_dropout_key_both_kinds(kind, impl):
-    init, fn = {"lstm": (init_lstm, lstm_jax.lstm), "gru": (init_gru, lstm_jax.gru), "rnn": (init_rnn, lstm_jax.rnn)}[kind]
+    init, fn = {"lstm": (init_lstm, lstm_jax.lstm), "gru": (init_gru, lstm_jax.gru), "rnn": (init_rnn, lstm_jax.rnn)}[
+        kind
+    ]
     params = init(NEW(0), 3, 6, num_layers=2)
     xs = jax.random.normal(NEW(1), (4, 7, 3))
     opts = dict(dropout=0.3, recurrent_dropout=0.2, impl=impl)
@@ -111,8 +113,10 @@ def _problem():
 def test_fit_seed_both_kinds_and_int():
     params, data, loss_fn = _problem()
     opt = optax.adam(1e-2)
-    runs = [train.fit(loss_fn, params, opt, data, epochs=2, batch_size=4, seed=s, progress=False)
-            for s in (OLD(4), NEW(4), 4)]
+    runs = [
+        train.fit(loss_fn, params, opt, data, epochs=2, batch_size=4, seed=s, progress=False)
+        for s in (OLD(4), NEW(4), 4)
+    ]
     same(runs[0].state.params, runs[1].state.params)
     same(runs[1].state.params, runs[2].state.params)  # an int seed means key(seed)
     with pytest.raises(TypeError, match="expected seed to be an int seed or a PRNG key"):

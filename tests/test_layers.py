@@ -42,7 +42,7 @@ def with_junk(xs, lengths, seed=9):
 
 
 # one compiled program per (entry point, options); the options are static
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted(fn, **kwargs):
     return jax.jit(functools.partial(fn, **kwargs))
 
@@ -237,9 +237,7 @@ def test_compute_dtype_bfloat16_close_to_float32():
 
 
 def test_bfloat16_params_give_float32_outputs_and_state():
-    params = jax.tree_util.tree_map(
-        lambda a: a.astype(jnp.bfloat16), random_stack(init_gru, D_IN, D_H, num_layers=2)
-    )
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), random_stack(init_gru, D_IN, D_H, num_layers=2))
     ys, state = jax.eval_shape(lambda p, x: gru(p, x), params, inputs())
     assert ys.dtype == jnp.float32 and state.dtype == jnp.float32
 

@@ -40,8 +40,11 @@ def test_regression_losses_equal_sklearn_on_unpadded_steps(rng, kind):
     target = _padded(rng, (B, T, K))
     got = getattr(L, kind)(pred, target, LENGTHS)
     p, y = _valid_rows(pred), _valid_rows(target)
-    want = {"mse": mean_squared_error(y, p), "mae": mean_absolute_error(y, p),
-            "rmse": math.sqrt(mean_squared_error(y, p))}[kind]
+    want = {
+        "mse": mean_squared_error(y, p),
+        "mae": mean_absolute_error(y, p),
+        "rmse": math.sqrt(mean_squared_error(y, p)),
+    }[kind]
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
     mask = np.arange(T)[None, :] < LENGTHS[:, None]
     np.testing.assert_allclose(float(getattr(L, kind)(pred, target, mask=mask)), want, rtol=1e-5)
@@ -66,7 +69,9 @@ def test_softmax_cross_entropy_equals_torch_on_valid_steps(rng):
     for i, n in enumerate(LENGTHS):
         labels[i, n:] = 99  # out-of-range padding labels must be ignored
     got = L.softmax_cross_entropy(logits, labels, LENGTHS)
-    want = torch.nn.functional.cross_entropy(torch.tensor(_valid_rows(logits)), torch.tensor(_valid_rows(labels)).long())
+    want = torch.nn.functional.cross_entropy(
+        torch.tensor(_valid_rows(logits)), torch.tensor(_valid_rows(labels)).long()
+    )
     np.testing.assert_allclose(float(got), want.item(), rtol=1e-5)
     # many-to-one form
     got2 = L.classification_loss(logits[:, 0], labels[:, 0])
@@ -125,12 +130,28 @@ def test_losses_under_jit_match_eager(rng):
 @pytest.mark.parametrize(
     "call, err, match",
     [
-        (lambda: L.mse(np.zeros((2, 3, 1)), np.zeros((2, 3, 2))), ValueError, r"expected mse target of shape \(2, 3, 1\)"),
+        (
+            lambda: L.mse(np.zeros((2, 3, 1)), np.zeros((2, 3, 2))),
+            ValueError,
+            r"expected mse target of shape \(2, 3, 1\)",
+        ),
         (lambda: L.mse(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.array([1, 4])), ValueError, r"lengths in \[0, 3\]"),
-        (lambda: L.mse(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.array([1, 2, 3])), ValueError, r"lengths of shape \[2\]"),
+        (
+            lambda: L.mse(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.array([1, 2, 3])),
+            ValueError,
+            r"lengths of shape \[2\]",
+        ),
         (lambda: L.mse(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.array([1.0, 2.0])), TypeError, "integer dtype"),
-        (lambda: L.mse(np.zeros((2, 3)), np.zeros((2, 3)), np.array([1, 2]), mask=np.ones((2, 3))), ValueError, "at most one"),
-        (lambda: L.softmax_cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 4), np.int32)), ValueError, r"labels of shape \(2, 3\)"),
+        (
+            lambda: L.mse(np.zeros((2, 3)), np.zeros((2, 3)), np.array([1, 2]), mask=np.ones((2, 3))),
+            ValueError,
+            "at most one",
+        ),
+        (
+            lambda: L.softmax_cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 4), np.int32)),
+            ValueError,
+            r"labels of shape \(2, 3\)",
+        ),
         (lambda: L.softmax_cross_entropy(np.zeros((2, 4)), np.zeros((2,))), TypeError, "integer cross-entropy labels"),
         (lambda: L.last_valid(np.zeros((2, 3))), ValueError, r"ys of shape \[b, t, d\]"),
         (lambda: L.next_token_loss(np.zeros((2, 1, 4)), np.zeros((2, 1), np.int32)), ValueError, "t >= 2"),

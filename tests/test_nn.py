@@ -86,8 +86,15 @@ def test_nnx_module_equals_pure_function(kind):
 
 def test_nnx_modules_pass_every_option_to_init():
     """Abstract construction only (no compile): the module's params have init_*'s structure."""
-    options = dict(num_layers=3, bidirectional=True, proj_size=2, peephole=True, layer_norm=True,
-                   forget_bias=0.5, dtype=jnp.bfloat16)
+    options = dict(
+        num_layers=3,
+        bidirectional=True,
+        proj_size=2,
+        peephole=True,
+        layer_norm=True,
+        forget_bias=0.5,
+        dtype=jnp.bfloat16,
+    )
 
     def build(key):
         return LSTM(D_IN, D_H, **options, rngs=nnx.Rngs(key)).pure_params()
@@ -148,8 +155,14 @@ def test_nnx_pure_params_round_trip():
     again = LSTM.from_params(params)
     chex.assert_trees_all_equal(again.pure_params(), params)
     assert stack_config(params) == dict(
-        input_size=D_IN, hidden_size=D_H, num_layers=1, bidirectional=True, dtype=jnp.float32,
-        proj_size=2, peephole=True, layer_norm=True,
+        input_size=D_IN,
+        hidden_size=D_H,
+        num_layers=1,
+        bidirectional=True,
+        dtype=jnp.float32,
+        proj_size=2,
+        peephole=True,
+        layer_norm=True,
     )
     # load_params overwrites values in place, and the module then computes with them
     other = jax.tree_util.tree_map(lambda a: a + 0.25, init(jax.random.key(5), D_IN, D_H, **options))

@@ -159,8 +159,12 @@ def _check_against_torch(
 
     def loss_fn(params, xs, init):
         ys, final = run(
-            params, xs, lengths=None if lengths is None else jnp.asarray(lengths), initial_state=init,
-            hoist=hoist, unroll=unroll,
+            params,
+            xs,
+            lengths=None if lengths is None else jnp.asarray(lengths),
+            initial_state=init,
+            hoist=hoist,
+            unroll=unroll,
         )
         h = final.h if kind == "lstm" else final
         loss = jnp.sum(ys * w_y) + jnp.sum(h * w_h)
@@ -288,10 +292,14 @@ def _random_cell(kind: str, rng, d_in: int, proj: int = 0):
 def _random_stack(kind: str, num_layers: int, num_directions: int, proj: int = 0, seed: int = 0):
     rng = np.random.default_rng(seed)
     d_out = proj or D_H
-    return lstm_jax.StackParams(tuple(
-        tuple(_random_cell(kind, rng, D_IN if l == 0 else num_directions * d_out, proj) for _ in range(num_directions))
-        for l in range(num_layers)
-    ))
+    return lstm_jax.StackParams(
+        tuple(
+            tuple(
+                _random_cell(kind, rng, D_IN if l == 0 else num_directions * d_out, proj) for _ in range(num_directions)
+            )
+            for l in range(num_layers)
+        )
+    )
 
 
 @pytest.mark.parametrize("kind, batch_first", [("lstm", True), ("lstm", False), ("gru", True), ("rnn", False)])

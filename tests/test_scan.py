@@ -54,7 +54,7 @@ def with_junk(xs, length, seed=7, scale=100.0):
     return jnp.where(jnp.arange(xs.shape[0])[:, None] < length, xs, jnp.asarray(junk, xs.dtype))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jit_step(cell):
     return jax.jit(cell.step)
 
@@ -109,7 +109,7 @@ def test_scan_sequence_length_semantics_with_a_running_sum():
 
 
 # --------------------------------------------------------------------------- padding
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loss_and_grads(name, hoist):
     """jit(value_and_grad) of a scalar that reads every output and the final carry, for the
     forward and the backward direction, w.r.t. params, initial carry and inputs."""
@@ -192,7 +192,7 @@ def test_reverse_with_length_is_the_flipped_valid_prefix():
 HOISTS, UNROLLS = (0, 1, 3, T, 2 * T), (1, 2, 5)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_modes():
     """Every (hoist, unroll) in ONE compiled program (half the compile time of 15 programs):
     forward without length (exercises the chunk padding when ``T % hoist != 0``) and backward
@@ -255,8 +255,10 @@ def test_property_padded_equals_unpadded(t, d, h, length, seed):
     @jax.jit
     def run(params, carry0, padded, prefix, length):
         return [
-            (scan_cell(LSTM_CELL, params, carry0, padded, length=length, reverse=r),
-             scan_cell(LSTM_CELL, params, carry0, prefix, reverse=r))
+            (
+                scan_cell(LSTM_CELL, params, carry0, padded, length=length, reverse=r),
+                scan_cell(LSTM_CELL, params, carry0, prefix, reverse=r),
+            )
             for r in (False, True)
         ]
 

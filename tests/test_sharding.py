@@ -28,8 +28,13 @@ def test_four_device_data_parallel_matches_single_device(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     # the 4-device run (Python loop and compiled epochs) runs in a subprocess while this process
     # computes the single-device reference
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--sharded"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out), "--sharded"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         script = _load_script()
         assert len(jax.devices()) == 1

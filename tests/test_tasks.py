@@ -49,8 +49,9 @@ def _train_generated(key):
         return loss, {"mse": loss}
 
     sample = partial(datasets.adding_problem, batch_size=4, length=6)
-    return loops.train_generated(loss_fn, params, train.make_optimizer(1e-2), sample, steps=4, key=key, chunk=2,
-                                 progress=False)
+    return loops.train_generated(
+        loss_fn, params, train.make_optimizer(1e-2), sample, steps=4, key=key, chunk=2, progress=False
+    )
 
 
 def _lm_sample(key):
@@ -60,22 +61,30 @@ def _lm_sample(key):
 
 ENTRY_POINTS = {
     "seqmodel.init_seq_model": lambda k: seqmodel.init_seq_model(k, "lstm", 3, 5, 2, vocab_size=7),
-    "seqmodel.init_seq_model (jitted)": lambda k: jax.jit(partial(seqmodel.init_seq_model, cell="gru", input_size=3,
-                                                                  hidden_size=4, output_size=2))(k),
+    "seqmodel.init_seq_model (jitted)": lambda k: jax.jit(
+        partial(seqmodel.init_seq_model, cell="gru", input_size=3, hidden_size=4, output_size=2)
+    )(k),
     "seqmodel.apply_seq_model dropout_key": lambda k: seqmodel.apply_seq_model(
-        _model(num_layers=2), X, dropout=0.3, recurrent_dropout=0.3, dropout_key=k),
+        _model(num_layers=2), X, dropout=0.3, recurrent_dropout=0.3, dropout_key=k
+    ),
     "seqmodel.init_ensemble": lambda k: seqmodel.init_ensemble(
-        lambda kk: seqmodel.init_seq_model(kk, "rnn", 3, 4, 1), k, 2),
+        lambda kk: seqmodel.init_seq_model(kk, "rnn", 3, 4, 1), k, 2
+    ),
     "seqmodel.ensemble_apply rng": lambda k: seqmodel.ensemble_apply(
-        partial(forecast.forecast_member_apply, dropout=0.3), _ensemble(), X, rng=k),
+        partial(forecast.forecast_member_apply, dropout=0.3), _ensemble(), X, rng=k
+    ),
     "seqmodel.make_ensemble_regression_loss": lambda k: seqmodel.make_ensemble_regression_loss(
-        partial(forecast.forecast_member_apply, dropout=0.3), bagging=True)(_ensemble(), REG, k),
+        partial(forecast.forecast_member_apply, dropout=0.3), bagging=True
+    )(_ensemble(), REG, k),
     "forecast.forecast_member_apply": lambda k: forecast.forecast_member_apply(
-        seqmodel.init_seq_model(jax.random.key(0), "lstm", 3, 4, 1), X, k, dropout=0.3, residual=True),
+        seqmodel.init_seq_model(jax.random.key(0), "lstm", 3, 4, 1), X, k, dropout=0.3, residual=True
+    ),
     "classify.make_classifier_loss": lambda k: classify.make_classifier_loss(
-        readout="mean", dropout=0.3, recurrent_dropout=0.3, label_smoothing=0.1)(_model(), BATCH, k),
+        readout="mean", dropout=0.3, recurrent_dropout=0.3, label_smoothing=0.1
+    )(_model(), BATCH, k),
     "char_lm.lm_chunk_loss": lambda k: char_lm.lm_chunk_loss(
-        _lm_model(), char_lm.lm_zero_state(_lm_model(), 2), {"x": IDS[:, :-1], "y": IDS[:, 1:]}, k, dropout=0.4),
+        _lm_model(), char_lm.lm_zero_state(_lm_model(), 2), {"x": IDS[:, :-1], "y": IDS[:, 1:]}, k, dropout=0.4
+    ),
     "char_lm.lm_sample": _lm_sample,
     "loops.train_generated": _train_generated,
 }

@@ -118,8 +118,10 @@ def test_lstm_fit_end_to_end(tmp_path):
         _fit(train=_nan_train(bad_example), validate_data=False, checkpoint_dir=ckpt, checkpoint_every=1)
     assert C.all_steps(ckpt / "state") == [1, 2]
     assert "the last checkpoint (step 2) is intact" in str(err.value)
-    like = {"state": T.init_train_state(init_fn("lstm", jax.random.key(0)), OPT, 0),
-            "best": init_fn("lstm", jax.random.key(0))}
+    like = {
+        "state": T.init_train_state(init_fn("lstm", jax.random.key(0)), OPT, 0),
+        "best": init_fn("lstm", jax.random.key(0)),
+    }
     restored, meta = C.restore(ckpt / "state", like)
     assert int(restored["state"].step) == 2 and (meta["epoch"], meta["batch"]) == (0, 2)
     # ... and it equals the state after two steps of the clean run: the bad update never reached it
@@ -189,7 +191,8 @@ def _tbptt_all(lstm_params, rnn_params, batch):
     params = lstm_params
     carry0 = zero_carry(params, batch)
     (out["untruncated_loss"], _, _), out["untruncated"] = T.tbptt_value_and_grad(
-        chunk_loss, params, carry0, batch, 4, truncate=False)
+        chunk_loss, params, carry0, batch, 4, truncate=False
+    )
     out["full_loss"], out["full"] = jax.value_and_grad(full_loss)(params, batch)
     (_, out["final"], _), out["truncated"] = T.tbptt_value_and_grad(chunk_loss, params, carry0, batch, 4)
     # oracle for truncation: chunk k starts from the (constant) state the full forward pass reaches at 4k
@@ -203,8 +206,9 @@ def _tbptt_all(lstm_params, rnn_params, batch):
     # train steps: TBPTT without truncation, one update per batch == the plain full-sequence step
     chunk_loss, zero_carry, full_loss = _tbptt_fns(lstm_jax.rnn)
     state = T.init_train_state(rnn_params, OPT, 0)
-    tbptt = T.make_tbptt_train_step(chunk_loss, OPT, chunk=4, init_carry=zero_carry, truncate=False,
-                                    update_every_chunk=False)
+    tbptt = T.make_tbptt_train_step(
+        chunk_loss, OPT, chunk=4, init_carry=zero_carry, truncate=False, update_every_chunk=False
+    )
     out["tbptt_step"] = tbptt(state, batch)
     out["plain_step"] = T.make_train_step(full_loss, OPT)(state, batch)
     out["per_chunk_step"] = T.make_tbptt_train_step(chunk_loss, OPT, chunk=4, init_carry=zero_carry)(state, batch)
@@ -221,8 +225,9 @@ def _tbptt_all(lstm_params, rnn_params, batch):
 def test_tbptt_gradients_and_train_steps():
     rng = np.random.default_rng(2)
     batch = {"x": rng.normal(size=(3, 8, F)).astype(np.float32), "y": rng.normal(size=(3, 8, 1)).astype(np.float32)}
-    got = jax.device_get(jax.jit(_tbptt_all)(init_fn("lstm", jax.random.key(1)), init_fn("rnn", jax.random.key(2)),
-                                             batch))
+    got = jax.device_get(
+        jax.jit(_tbptt_all)(init_fn("lstm", jax.random.key(1)), init_fn("rnn", jax.random.key(2)), batch)
+    )
     # without truncation the chunked gradient is the full-sequence gradient
     np.testing.assert_allclose(got["untruncated_loss"], got["full_loss"], rtol=1e-6)
     chex.assert_trees_all_close(got["untruncated"], got["full"], atol=1e-6, rtol=1e-5)
@@ -246,13 +251,20 @@ def test_tbptt_gradients_and_train_steps():
     "kwargs, err, match",
     [
         ({"batch_size": N + 1}, ValueError, rf"batch_size <= number of examples {N}, got batch_size={N + 1}"),
-        ({"val_data": {"x": np.zeros((4, TT, F + 1), np.float32), "y": np.zeros((4, 1), np.float32)}},
-         ValueError, r"expected val_data\['x'\] with the feature shape"),
+        (
+            {"val_data": {"x": np.zeros((4, TT, F + 1), np.float32), "y": np.zeros((4, 1), np.float32)}},
+            ValueError,
+            r"expected val_data\['x'\] with the feature shape",
+        ),
         ({"train": {"x": TRAIN["x"], "y": TRAIN["y"][:10]}}, ValueError, "share the leading axis"),
         ({"mode": "best"}, ValueError, "expected mode 'min' or 'max'"),
         ({"resume": True}, ValueError, "expected checkpoint_dir when resume=True"),
         ({"on_nonfinite": "ignore"}, ValueError, "expected on_nonfinite 'raise' or 'skip'"),
-        ({"epochs": 1, "val_data": VAL, "monitor": "val_accuracy"}, ValueError, "expected monitor to name a history key"),
+        (
+            {"epochs": 1, "val_data": VAL, "monitor": "val_accuracy"},
+            ValueError,
+            "expected monitor to name a history key",
+        ),
     ],
 )
 def test_fit_bad_inputs_raise_clear_errors(kwargs, err, match):

@@ -74,16 +74,28 @@ def register(name: str, module: str, summary: str, **options: Any) -> None:
 
 
 register("scan", "scan", "jax.vmap of the per-example lax.scan; every cell and option; autodiff (jvp and grad)")
-register("fused", "fused", "plain LSTMs: batch-level custom VJP storing gate derivatives (fastest training on CPU)",
-         memory="gates")
-register("fused_recompute", "fused", "as fused, stores only (h, c) per step and recomputes the gates",
-         memory="recompute")
-register("fused_checkpoint", "fused", "as fused, stores (h, c) every ~sqrt(t) steps: O(sqrt(t)) memory",
-         memory="checkpoint")
+register(
+    "fused",
+    "fused",
+    "plain LSTMs: batch-level custom VJP storing gate derivatives (fastest training on CPU)",
+    memory="gates",
+)
+register(
+    "fused_recompute", "fused", "as fused, stores only (h, c) per step and recomputes the gates", memory="recompute"
+)
+register(
+    "fused_checkpoint", "fused", "as fused, stores (h, c) every ~sqrt(t) steps: O(sqrt(t)) memory", memory="checkpoint"
+)
 register("cudnn", "cudnn", "plain float32 LSTMs on a CUDA/ROCm GPU: one jax.experimental.rnn (cuDNN) call per network")
-register("parallel", "parallel", "research: plain LSTMs evaluated parallel in time (quasi-DEER Newton iterations, "
-         "associative scan), sequential fallback")
-register("pallas", "pallas", "plain/peephole LSTMs: time loop inside one Pallas kernel (Triton on GPU, interpret on CPU)")
+register(
+    "parallel",
+    "parallel",
+    "research: plain LSTMs evaluated parallel in time (quasi-DEER Newton iterations, "
+    "associative scan), sequential fallback",
+)
+register(
+    "pallas", "pallas", "plain/peephole LSTMs: time loop inside one Pallas kernel (Triton on GPU, interpret on CPU)"
+)
 
 # impl="auto": per platform, the first of these that supports the call (see ``choose``).
 # CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast
@@ -165,6 +177,6 @@ def describe() -> str:
     """A markdown table of the registered backends and the ``auto`` order per platform."""
     rows = ["| impl | module | what it is |", "|---|---|---|"]
     rows += [f"| `{b.name}` | `backends.{b.module}` | {b.summary} |" for b in _REGISTRY.values()]
-    rows += ["", "| platform | `impl=\"auto\"` tries, in order |", "|---|---|"]
+    rows += ["", '| platform | `impl="auto"` tries, in order |', "|---|---|"]
     rows += [f"| {p} | {', '.join(order)} |" for p, order in AUTO_ORDER.items()]
     return "\n".join(rows)

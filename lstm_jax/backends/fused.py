@@ -73,7 +73,6 @@ __all__ = [
 MEMORY_MODES = ("gates", "recompute", "checkpoint")
 
 
-
 def unfusable_reason(params, compute_dtype: Optional[DType] = None) -> Optional[str]:
     """Why ``lstm_layer`` cannot run these cell params, or None if it can.
 
@@ -245,8 +244,16 @@ def fused_stack(
             if use_dropout and recurrent_dropout > 0.0:
                 rmask = jax.vmap(lambda k: dropout_mask(k, recurrent_dropout, (d_h,), dt))(k_rec[:, l, direction])
             final, ys = lstm_layer(
-                cell_params, carry0, inputs, lengths, reverse=(direction == 1), memory=memory,
-                unroll=unroll, hoist=hoist, chunk=chunk, recurrent_mask=rmask,
+                cell_params,
+                carry0,
+                inputs,
+                lengths,
+                reverse=(direction == 1),
+                memory=memory,
+                unroll=unroll,
+                hoist=hoist,
+                chunk=chunk,
+                recurrent_mask=rmask,
             )
             outputs.append(ys)
             finals.append(final)
@@ -259,16 +266,22 @@ def unsupported(params, xs, call) -> Optional[str]:
     """Why the fused backend cannot run this call (see ``lstm_jax.backends``), or None."""
     reasons = [r for layer in params.layers for p in layer if (r := unfusable_reason(p, call.compute_dtype))]
     if reasons:
-        return (
-            f"expected plain LSTM params (no peephole, layer_norm, proj_size or compute_dtype), got {reasons[0]}"
-        )
+        return f"expected plain LSTM params (no peephole, layer_norm, proj_size or compute_dtype), got {reasons[0]}"
     return None
 
 
 def run(params, xs: Array, call, *, memory: str = "gates") -> tuple[Array, LSTMCarry]:
     """``fused_stack`` with the options of a ``backends.LayerCall``."""
     return fused_stack(
-        params, xs, lengths=call.lengths, initial_state=call.initial_state, dropout=call.dropout,
-        recurrent_dropout=call.recurrent_dropout, variational_dropout=call.variational_dropout,
-        dropout_key=call.dropout_key, unroll=call.unroll, hoist=call.hoist, memory=memory,
+        params,
+        xs,
+        lengths=call.lengths,
+        initial_state=call.initial_state,
+        dropout=call.dropout,
+        recurrent_dropout=call.recurrent_dropout,
+        variational_dropout=call.variational_dropout,
+        dropout_key=call.dropout_key,
+        unroll=call.unroll,
+        hoist=call.hoist,
+        memory=memory,
     )

@@ -271,8 +271,9 @@ def _core_bwd(cfg: _Config, res, cts):
             (dh0, dc0), dz = _reverse_cells(w_hT, stored, dys, jnp.arange(t), lengths, rmask, dh, dc)
             dw_x, dw_h, db, dxs = _weight_grads(w, xs, _h_prev(h0, ys, rmask), dz)
         else:
-            (dh0, dc0), (dw_x, dw_h, db), dxs = _chunked_backward(cfg, w, w_hT, h0, c0, xs, lengths, rmask, ys,
-                                                                    stored, dys, dh, dc)
+            (dh0, dc0), (dw_x, dw_h, db), dxs = _chunked_backward(
+                cfg, w, w_hT, h0, c0, xs, lengths, rmask, ys, stored, dys, dh, dc
+            )
     grads_w = _Weights(dw_x.astype(w.w_x.dtype), dw_h.astype(w.w_h.dtype), db.astype(w.b.dtype))
     # lengths are integers (no cotangent); the recurrent mask is treated as a constant
     # (the caller stops its gradient).

@@ -172,8 +172,12 @@ def _core_bwd(cfg, res, cts):
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]
     cdt = w_h.dtype
     with jax.named_scope("pallas_lstm_dw_h"):
-        dw_h = jax.lax.dot_general(h_prev.reshape(t * b, d_h).astype(cdt), dz.reshape(t * b, 4 * d_h).astype(cdt),
-                                   (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        dw_h = jax.lax.dot_general(
+            h_prev.reshape(t * b, d_h).astype(cdt),
+            dz.reshape(t * b, 4 * d_h).astype(cdt),
+            (((0,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
     # lengths are integers (no cotangent); the mask is a constant (the caller stops its gradient)
     return dw_h.astype(w_h.dtype), dpeep, dz, dh0, dc0, None, jnp.zeros_like(mask)
 
@@ -226,12 +230,14 @@ def _config(b: int, d_h: int, compute_dtype, block_b: int | None, interpret: boo
         raise ValueError(f"expected block_b to be a positive int, got {block_b!r}")
     if not interpret and (block_b & (block_b - 1) or block_b < _GPU_MIN_BLOCK_B):
         raise ValueError(f"expected block_b a power of two >= {_GPU_MIN_BLOCK_B} on GPU, got {block_b}")
-    return pk.KernelConfig(block_b, bool(interpret), _compute_dtype_name(compute_dtype) or "float32",
-                           num_warps=4 if d_h <= 32 else 8)
+    return pk.KernelConfig(
+        block_b, bool(interpret), _compute_dtype_name(compute_dtype) or "float32", num_warps=4 if d_h <= 32 else 8
+    )
 
 
-def pallas_stack(params, xs: Array, call, *, block_b: int | None = None,
-                 interpret: bool | None = None) -> tuple[Array, LSTMCarry]:
+def pallas_stack(
+    params, xs: Array, call, *, block_b: int | None = None, interpret: bool | None = None
+) -> tuple[Array, LSTMCarry]:
     """A whole (stacked, possibly bidirectional) plain-LSTM network over a batch with the Pallas kernels.
 
     Args:
@@ -276,7 +282,8 @@ def pallas_stack(params, xs: Array, call, *, block_b: int | None = None,
     return jnp.swapaxes(inputs, 0, 1), stack_states(finals, num_layers, num_directions, axis=1)
 
 
-def run(params, xs: Array, call, *, block_b: int | None = None,
-        interpret: bool | None = None) -> tuple[Array, LSTMCarry]:
+def run(
+    params, xs: Array, call, *, block_b: int | None = None, interpret: bool | None = None
+) -> tuple[Array, LSTMCarry]:
     """The backend entry point: ``pallas_stack`` with the options of a ``backends.LayerCall``."""
     return pallas_stack(params, xs, call, block_b=block_b, interpret=interpret)

@@ -71,8 +71,9 @@ def _gate_slices(d_h: int):
 
 
 # --------------------------------------------------------------------------- forward
-def _forward_kernel(zx_ref, w_ref, p_ref, h0_ref, c0_ref, len_ref, m_ref, *out_refs, t: int, d_h: int, cdt,
-                    store: bool, peephole: bool):
+def _forward_kernel(
+    zx_ref, w_ref, p_ref, h0_ref, c0_ref, len_ref, m_ref, *out_refs, t: int, d_h: int, cdt, store: bool, peephole: bool
+):
     """One batch tile: ``zx_ref: [t, bt, 4*d_h]``, ``p_ref: [3, d_h]`` ... -> ``ys_ref: [t, bt, d_h]``,
     ``hT/cT: [bt, d_h]`` (and, if ``store``, ``r_ref: [t, bt, 6*d_h]`` and with peepholes ``cs_ref: [t, bt, d_h]``)."""
     ys_ref, hT_ref, cT_ref = out_refs[:3]
@@ -111,8 +112,17 @@ def _forward_kernel(zx_ref, w_ref, p_ref, h0_ref, c0_ref, len_ref, m_ref, *out_r
     cT_ref[...] = c
 
 
-def forward(cfg: KernelConfig, zx: Array, w_h: Array, peep: Array, h0: Array, c0: Array, lengths: Array,
-            mask: Array, store: bool):
+def forward(
+    cfg: KernelConfig,
+    zx: Array,
+    w_h: Array,
+    peep: Array,
+    h0: Array,
+    c0: Array,
+    lengths: Array,
+    mask: Array,
+    store: bool,
+):
     """Run the forward kernel over all batch tiles.
 
     Args:
@@ -143,15 +153,23 @@ def forward(cfg: KernelConfig, zx: Array, w_h: Array, peep: Array, h0: Array, c0
         if cfg.peephole:
             out_shape.append(jax.ShapeDtypeStruct((t, b, d_h), jnp.float32))
             out_specs.append(seq(d_h))
-    kernel = partial(_forward_kernel, t=t, d_h=d_h, cdt=jnp.dtype(cfg.compute_dtype), store=store,
-                     peephole=cfg.peephole)
+    kernel = partial(
+        _forward_kernel, t=t, d_h=d_h, cdt=jnp.dtype(cfg.compute_dtype), store=store, peephole=cfg.peephole
+    )
     with jax.named_scope("pallas_lstm_forward"):
         return pl.pallas_call(
             kernel,
             out_shape=tuple(out_shape),
             grid=(b // bt,),
-            in_specs=[seq(n4), pl.BlockSpec((d_h, n4), lambda i: (0, 0)), pl.BlockSpec((3, d_h), lambda i: (0, 0)),
-                      tile, tile, pl.BlockSpec((bt,), lambda i: (i,)), tile],
+            in_specs=[
+                seq(n4),
+                pl.BlockSpec((d_h, n4), lambda i: (0, 0)),
+                pl.BlockSpec((3, d_h), lambda i: (0, 0)),
+                tile,
+                tile,
+                pl.BlockSpec((bt,), lambda i: (i,)),
+                tile,
+            ],
             out_specs=tuple(out_specs),
             interpret=cfg.interpret,
             compiler_params=_compiler_params(cfg),
@@ -160,8 +178,24 @@ def forward(cfg: KernelConfig, zx: Array, w_h: Array, peep: Array, h0: Array, c0
 
 
 # --------------------------------------------------------------------------- backward
-def _backward_kernel(r_ref, dy_ref, dh_ref, dc_ref, wt_ref, p_ref, len_ref, m_ref, dz_ref, dh0_ref, dc0_ref, *,
-                     t: int, d_h: int, cdt, peephole: bool):
+def _backward_kernel(
+    r_ref,
+    dy_ref,
+    dh_ref,
+    dc_ref,
+    wt_ref,
+    p_ref,
+    len_ref,
+    m_ref,
+    dz_ref,
+    dh0_ref,
+    dc0_ref,
+    *,
+    t: int,
+    d_h: int,
+    cdt,
+    peephole: bool,
+):
     """One batch tile, reverse time: ``r_ref: [t, bt, 6*d_h]``, ``dy_ref: [t, bt, d_h]``,
     ``wt_ref: [4*d_h, d_h]`` (``W_h^T``) -> ``dz_ref: [t, bt, 4*d_h]``, ``dh0/dc0: [bt, d_h]``."""
     gates = _gate_slices(d_h)
@@ -195,8 +229,9 @@ def _backward_kernel(r_ref, dy_ref, dh_ref, dc_ref, wt_ref, p_ref, len_ref, m_re
     dc0_ref[...] = dc
 
 
-def backward(cfg: KernelConfig, r: Array, dys: Array, dh: Array, dc: Array, w_h: Array, peep: Array,
-             lengths: Array, mask: Array):
+def backward(
+    cfg: KernelConfig, r: Array, dys: Array, dh: Array, dc: Array, w_h: Array, peep: Array, lengths: Array, mask: Array
+):
     """Run the backward kernel over all batch tiles.
 
     Args:
@@ -218,11 +253,22 @@ def backward(cfg: KernelConfig, r: Array, dys: Array, dh: Array, dc: Array, w_h:
     with jax.named_scope("pallas_lstm_backward"):
         return pl.pallas_call(
             kernel,
-            out_shape=(jax.ShapeDtypeStruct((t, b, 4 * d_h), jnp.float32),
-                       jax.ShapeDtypeStruct((b, d_h), jnp.float32), jax.ShapeDtypeStruct((b, d_h), jnp.float32)),
+            out_shape=(
+                jax.ShapeDtypeStruct((t, b, 4 * d_h), jnp.float32),
+                jax.ShapeDtypeStruct((b, d_h), jnp.float32),
+                jax.ShapeDtypeStruct((b, d_h), jnp.float32),
+            ),
             grid=(b // bt,),
-            in_specs=[seq(N_RES * d_h), seq(d_h), tile, tile, pl.BlockSpec((4 * d_h, d_h), lambda i: (0, 0)),
-                      pl.BlockSpec((3, d_h), lambda i: (0, 0)), pl.BlockSpec((bt,), lambda i: (i,)), tile],
+            in_specs=[
+                seq(N_RES * d_h),
+                seq(d_h),
+                tile,
+                tile,
+                pl.BlockSpec((4 * d_h, d_h), lambda i: (0, 0)),
+                pl.BlockSpec((3, d_h), lambda i: (0, 0)),
+                pl.BlockSpec((bt,), lambda i: (i,)),
+                tile,
+            ],
             out_specs=(seq(4 * d_h), tile, tile),
             interpret=cfg.interpret,
             compiler_params=_compiler_params(cfg),

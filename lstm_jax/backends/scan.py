@@ -28,9 +28,17 @@ def run(params, xs: Array, call) -> tuple[Array, PyTree]:
 
     def one(x, length, state, key):
         return run_stack(
-            params, x, length=length, initial_state=state, dropout=call.dropout,
-            recurrent_dropout=call.recurrent_dropout, variational_dropout=call.variational_dropout,
-            dropout_key=key, unroll=call.unroll, hoist=call.hoist, compute_dtype=call.compute_dtype,
+            params,
+            x,
+            length=length,
+            initial_state=state,
+            dropout=call.dropout,
+            recurrent_dropout=call.recurrent_dropout,
+            variational_dropout=call.variational_dropout,
+            dropout_key=key,
+            unroll=call.unroll,
+            hoist=call.hoist,
+            compute_dtype=call.compute_dtype,
         )
 
     keys = None if call.dropout_key is None else jax.random.split(call.dropout_key, xs.shape[0])

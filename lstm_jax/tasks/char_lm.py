@@ -9,8 +9,9 @@ Shapes: ``b`` streams (batch), ``c`` characters per chunk, ``V`` characters in t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ class CharVocab(NamedTuple):
     chars: tuple
 
     @staticmethod
-    def of(text: str) -> "CharVocab":
+    def of(text: str) -> CharVocab:
         return CharVocab(("\x00",) + tuple(sorted(set(text) - {"\x00"})))
 
     def encode(self, text: str) -> np.ndarray:
@@ -54,7 +55,6 @@ class CharVocab(NamedTuple):
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
-
 
 
 class CharData(NamedTuple):
@@ -93,8 +93,16 @@ def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "sca
     from lstm_jax import losses
 
     rng = None if rng is None else as_key(rng, "rng")
-    logits, carry = apply_seq_model(params, piece["x"], readout="sequence", initial_state=carry, return_state=True,
-                                    impl=impl, dropout=dropout, dropout_key=rng if dropout > 0.0 else None)
+    logits, carry = apply_seq_model(
+        params,
+        piece["x"],
+        readout="sequence",
+        initial_state=carry,
+        return_state=True,
+        impl=impl,
+        dropout=dropout,
+        dropout_key=rng if dropout > 0.0 else None,
+    )
     loss = losses.softmax_cross_entropy(logits, piece["y"])
     return loss, (carry, {"bits_per_char": losses.bits_per_char(loss)})
 
@@ -106,8 +114,11 @@ def make_lm_train_step(optimizer, *, chunk: int, impl: str = "scan", dropout: fl
     from lstm_jax import train as train_lib
 
     return train_lib.make_tbptt_train_step(
-        partial(lm_chunk_loss, impl=impl, dropout=dropout), optimizer, chunk=chunk,
-        init_carry=lambda p, b: lm_zero_state(p, b["x"].shape[0]))
+        partial(lm_chunk_loss, impl=impl, dropout=dropout),
+        optimizer,
+        chunk=chunk,
+        init_carry=lambda p, b: lm_zero_state(p, b["x"].shape[0]),
+    )
 
 
 def lm_random_windows(ids: np.ndarray, batch_size: int, length: int, rng: np.random.Generator) -> dict:
@@ -161,8 +172,9 @@ def lm_sample(params: SeqModel, vocab: CharVocab, prompt: str, n_chars: int, tem
             def step(carry, k):
                 last, state = carry
                 nxt = jax.random.categorical(k, last / temperature)
-                out, state = apply_seq_model(params, nxt[:, None], readout="sequence", initial_state=state,
-                                             return_state=True)
+                out, state = apply_seq_model(
+                    params, nxt[:, None], readout="sequence", initial_state=state, return_state=True
+                )
                 return (out[:, 0], state), nxt[0]
 
             _, chars = jax.lax.scan(step, (logits[:, -1], state), jax.random.split(key, n_chars))
@@ -171,7 +183,6 @@ def lm_sample(params: SeqModel, vocab: CharVocab, prompt: str, n_chars: int, tem
         _SAMPLERS[n_chars] = run
     ids = jnp.asarray(vocab.encode(prompt))[None]
     return prompt + vocab.decode(np.asarray(_SAMPLERS[n_chars](params, ids, key, jnp.float32(temperature))))
-
 
 
 class CharLMRun(NamedTuple):
@@ -185,9 +196,23 @@ class CharLMRun(NamedTuple):
 
 
 def train_char_lm(
-    data: CharData, *, cell: str = "lstm", embed: int = 64, hidden: int = 256, layers: int = 2, seq_len: int = 100,
-    chunks: int = 10, batch_size: int = 64, lr: float = 1e-2, dropout: float = 0.1, impl: str = "scan",
-    updates: int = 1800, max_seconds: Optional[float] = None, seed: int = 0, progress: bool = True, desc: str = "",
+    data: CharData,
+    *,
+    cell: str = "lstm",
+    embed: int = 64,
+    hidden: int = 256,
+    layers: int = 2,
+    seq_len: int = 100,
+    chunks: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    dropout: float = 0.1,
+    impl: str = "scan",
+    updates: int = 1800,
+    max_seconds: Optional[float] = None,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "",
 ) -> CharLMRun:
     """Train a ``layers`` x ``cell(hidden)`` LM on ``data.train`` with truncated BPTT: each call
     reads ``batch_size`` random windows of ``chunks`` x ``seq_len`` characters, one update per
@@ -198,19 +223,38 @@ def train_char_lm(
     from lstm_jax import train
 
     n_vocab = len(data.vocab.chars)
-    params = jax.jit(partial(init_seq_model, cell=cell, input_size=embed, hidden_size=hidden, output_size=n_vocab,
-                             num_layers=layers, vocab_size=n_vocab))(jax.random.key(seed))
+    params = jax.jit(
+        partial(
+            init_seq_model,
+            cell=cell,
+            input_size=embed,
+            hidden_size=hidden,
+            output_size=n_vocab,
+            num_layers=layers,
+            vocab_size=n_vocab,
+        )
+    )(jax.random.key(seed))
     rng = np.random.default_rng(seed)
     sample = lambda step: lm_random_windows(data.train, batch_size, chunks * seq_len, rng)  # noqa: E731
     calls = max(1, updates // chunks)
     planned = calls * chunks
-    optimizer = train.make_optimizer(lr, clip_norm=1.0, warmup_steps=min(200, planned // 10), total_steps=planned,
-                                     end_fraction=0.05)
+    optimizer = train.make_optimizer(
+        lr, clip_norm=1.0, warmup_steps=min(200, planned // 10), total_steps=planned, end_fraction=0.05
+    )
     run = train_steps(
-        None, params, optimizer, sample, steps=calls, seed=seed, max_seconds=max_seconds,
+        None,
+        params,
+        optimizer,
+        sample,
+        steps=calls,
+        seed=seed,
+        max_seconds=max_seconds,
         train_step=make_lm_train_step(optimizer, chunk=seq_len, impl=impl, dropout=dropout),
-        eval_fn=lambda p: {"val_bits_per_char": lm_bits_per_char(p, data.val)}, eval_every=max(1, 500 // chunks),
-        monitor="val_bits_per_char", progress=progress, desc=desc,
+        eval_fn=lambda p: {"val_bits_per_char": lm_bits_per_char(p, data.val)},
+        eval_every=max(1, 500 // chunks),
+        monitor="val_bits_per_char",
+        progress=progress,
+        desc=desc,
     )
     for record in run.history:
         record["updates"] = record["step"] * chunks
@@ -230,5 +274,7 @@ def add_ngram_baselines(res: Results, dataset: str, data: CharData, *, order: in
 def lm_samples(params: SeqModel, vocab: CharVocab, prompt: str, n_chars: int, temperatures: Sequence[float]) -> list:
     """One sample per temperature (the ``i``-th drawn with ``jax.random.key(i)``), each headed by
     ``--- temperature t ---``."""
-    return [f"--- temperature {t} ---\n" + lm_sample(params, vocab, prompt, n_chars, t, jax.random.key(i))
-            for i, t in enumerate(temperatures)]
+    return [
+        f"--- temperature {t} ---\n" + lm_sample(params, vocab, prompt, n_chars, t, jax.random.key(i))
+        for i, t in enumerate(temperatures)
+    ]

@@ -8,8 +8,9 @@ Shapes: ``N`` examples, ``t`` steps, ``d`` features (or ``[N, t]`` token ids), `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,7 @@ def stratified_split(labels: np.ndarray, fraction: float, *, seed: int = 0) -> t
         else:
             k = 0
         held.append(idx[:k])
-    held = np.sort(np.concatenate(held))
+    held = np.sort(np.concatenate(held))  # type: ignore[assignment]
     keep = np.setdiff1d(np.arange(len(labels)), held)
     return keep, held
 
@@ -73,8 +74,13 @@ def make_classifier_loss(
     def loss_fn(params, batch, rng):
         rng = None if rng is None else as_key(rng, "rng")
         logits = apply_seq_model(
-            params, batch["x"], lengths=batch.get("lengths"), readout=readout,
-            dropout=dropout, recurrent_dropout=recurrent_dropout, dropout_key=rng,
+            params,
+            batch["x"],
+            lengths=batch.get("lengths"),
+            readout=readout,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            dropout_key=rng,
         )
         if label_smoothing and rng is not None:
             k = logits.shape[-1]
@@ -88,11 +94,27 @@ def make_classifier_loss(
 
 
 def train_classifier(
-    train_set: dict, val_set: dict, *, cell: str, input_size: int, hidden: int, n_classes: int,
-    epochs: int, batch_size: int = 32, lr: float = 2e-3, dropout: float = 0.0, recurrent_dropout: float = 0.0,
-    readout: str = "final", bidirectional: bool = False, vocab_size: Optional[int] = None,
-    embed_init: Optional[np.ndarray] = None, weight_decay: float = 0.0, monitor: str = "val_loss",
-    seed: int = 0, progress: bool = True, desc: str = "",
+    train_set: dict,
+    val_set: dict,
+    *,
+    cell: str,
+    input_size: int,
+    hidden: int,
+    n_classes: int,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    readout: str = "final",
+    bidirectional: bool = False,
+    vocab_size: Optional[int] = None,
+    embed_init: Optional[np.ndarray] = None,
+    weight_decay: float = 0.0,
+    monitor: str = "val_loss",
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "",
 ):
     """Train a ``SeqModel`` classifier with ``lstm_jax.train.fit`` (compiled epochs, Adam with
     warmup + cosine decay, gradient clipping 1.0) and return the ``FitResult`` (best-on-``monitor`` params).
@@ -102,19 +124,40 @@ def train_classifier(
     """
     from lstm_jax import train as train_lib
 
-    init = partial(init_seq_model, cell=cell, input_size=input_size, hidden_size=hidden, output_size=n_classes,
-                   bidirectional=bidirectional, vocab_size=vocab_size)
+    init = partial(
+        init_seq_model,
+        cell=cell,
+        input_size=input_size,
+        hidden_size=hidden,
+        output_size=n_classes,
+        bidirectional=bidirectional,
+        vocab_size=vocab_size,
+    )
     params = jax.jit(init)(jax.random.key(seed))
     if embed_init is not None:
         params = params._replace(embed=jnp.asarray(embed_init, jnp.float32))
     loss_fn = make_classifier_loss(readout=readout, dropout=dropout, recurrent_dropout=recurrent_dropout)
     batch_size = min(batch_size, len(train_set["y"]))
     steps = epochs * (len(train_set["y"]) // batch_size)
-    optimizer = train_lib.make_optimizer(lr, clip_norm=1.0, warmup_steps=min(100, steps // 10), total_steps=steps,
-                                         weight_decay=weight_decay)
+    optimizer = train_lib.make_optimizer(
+        lr, clip_norm=1.0, warmup_steps=min(100, steps // 10), total_steps=steps, weight_decay=weight_decay
+    )
     mode = "max" if monitor.endswith("accuracy") else "min"
-    return train_lib.fit(loss_fn, params, optimizer, train_set, val_data=val_set, epochs=epochs, batch_size=batch_size,
-                         seed=seed, monitor=monitor, mode=mode, compiled_epoch=True, progress=progress, desc=desc)
+    return train_lib.fit(
+        loss_fn,
+        params,
+        optimizer,
+        train_set,
+        val_data=val_set,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        monitor=monitor,
+        mode=mode,
+        compiled_epoch=True,
+        progress=progress,
+        desc=desc,
+    )
 
 
 def best_history_value(result, key: str) -> float:
@@ -149,20 +192,30 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
     return cm
 
 
-
 def accuracy(preds, labels) -> float:
     """Fraction of ``preds [N]`` equal to ``labels [N]``."""
     return float(np.mean(np.asarray(preds) == np.asarray(labels)))
 
 
-def classifier_experiment(res: Results, dataset: str, train_set: dict, val_set: dict, test_set: dict, *, cell: str,
-                          readout: str = "final", bidirectional: bool = False, **train_kwargs) -> tuple:
+def classifier_experiment(
+    res: Results,
+    dataset: str,
+    train_set: dict,
+    val_set: dict,
+    test_set: dict,
+    *,
+    cell: str,
+    readout: str = "final",
+    bidirectional: bool = False,
+    **train_kwargs,
+) -> tuple:
     """Train a classifier (``train_classifier(train_set, val_set, cell=cell, readout=readout,
     bidirectional=bidirectional, **train_kwargs)``), predict ``test_set`` and add two rows to
     ``res``: test accuracy and the validation accuracy at the best epoch; ``res.extra`` gets
     ``best_epoch`` and ``history``. Returns ``(FitResult, test predictions [N])``."""
-    result = train_classifier(train_set, val_set, cell=cell, readout=readout, bidirectional=bidirectional,
-                              **train_kwargs)
+    result = train_classifier(
+        train_set, val_set, cell=cell, readout=readout, bidirectional=bidirectional, **train_kwargs
+    )
     preds = predict_classes(result.params, test_set, readout=readout)
     res.add(dataset, cell, "accuracy", "test", accuracy(preds, test_set["y"]), bidirectional=bidirectional)
     res.add(dataset, cell, "accuracy", "val", best_history_value(result, "val_accuracy"))

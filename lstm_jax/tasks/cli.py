@@ -13,8 +13,9 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 
@@ -60,12 +61,18 @@ def make_parser(name: str, description: str, *, default_cell: Optional[str] = "l
     return parser
 
 
-def make_main(parse: Callable[[Optional[Sequence[str]]], argparse.Namespace],
-              run: Callable[[argparse.Namespace], Any]) -> Callable[[Optional[Sequence[str]]], Any]:
+def make_main(
+    parse: Callable[[Optional[Sequence[str]]], argparse.Namespace], run: Callable[[argparse.Namespace], Any]
+) -> Callable[[Optional[Sequence[str]]], Any]:
     """A script's ``main(argv=None)``: ``run(parse(argv))``, under ``fast_compile`` with ``--quick``
     (a quick run's cost is compiling, not running).
 
-    >>> main = make_main(parse, run)   # then: sys.exit(run_main(main))
+    >>> import argparse
+    >>> def parse(argv):
+    ...     return argparse.Namespace(quick=False, n=int(argv[0]))
+    >>> main = make_main(parse, lambda args: args.n * 2)   # a script then does sys.exit(run_main(main))
+    >>> main(["21"])
+    42
     """
 
     def main(argv: Optional[Sequence[str]] = None):

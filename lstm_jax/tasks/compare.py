@@ -4,7 +4,7 @@ each cell's score beside the best baseline's (``experiments/compare_cells.py``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from lstm_jax.tasks.cli import CELLS
 
@@ -38,14 +38,23 @@ def summarize_runs(runs: Sequence[dict], *, cells: Sequence[str] = CELLS) -> lis
         for row in run["results"]:
             if row["split"] != "test" or (multi_seed and "seed" in row):
                 continue
-            metric, mode = PRIMARY_METRIC.get(task, (None, None))
+            metric, mode = PRIMARY_METRIC.get(task, (None, None))  # type: ignore[arg-type]
             if task == "long_range":
                 metric, mode = _LONG_RANGE_METRIC.get(row["dataset"], (row["metric"], "min"))
             if metric is None or row["metric"] != metric:
                 continue
             key = (task, row["dataset"], row.get("seq_len"))
-            entry = table.setdefault(key, {"task": task, "dataset": row["dataset"], "metric": metric,
-                                           "T": row.get("seq_len"), "_mode": mode, "_baselines": {}})
+            entry = table.setdefault(
+                key,
+                {
+                    "task": task,
+                    "dataset": row["dataset"],
+                    "metric": metric,
+                    "T": row.get("seq_len"),
+                    "_mode": mode,
+                    "_baselines": {},
+                },
+            )
             if row["model"] in cells:
                 entry[row["model"]] = row["value"]
                 entry[f"{row['model']}_wall_time_s"] = run.get("wall_time_s")
@@ -69,6 +78,7 @@ def summarize_runs(runs: Sequence[dict], *, cells: Sequence[str] = CELLS) -> lis
 
 def cells_markdown(rows: Sequence[dict], *, cells: Sequence[str] = ("lstm", "gru")) -> str:
     """Markdown table of ``summarize_runs`` rows: task, data, metric, best baseline, each cell, wall time, command."""
+
     def cell_value(row, c):
         v = row.get(c)
         if v is None:
@@ -85,6 +95,13 @@ def cells_markdown(rows: Sequence[dict], *, cells: Sequence[str] = ("lstm", "gru
         data = row["dataset"] + (f" T={row['T']}" if row.get("T") is not None else "")
         times = " / ".join(f"{row[f'{c}_wall_time_s']:.0f}" for c in cells if row.get(f"{c}_wall_time_s") is not None)
         commands = "<br>".join(f"`{row[f'{c}_command']}`" for c in cells if row.get(f"{c}_command"))
-        lines.append("| " + " | ".join([row["task"], data, row["metric"], row.get("baseline", "-")]
-                                      + [cell_value(row, c) for c in cells] + [times or "-", commands or "-"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [row["task"], data, row["metric"], row.get("baseline", "-")]
+                + [cell_value(row, c) for c in cells]
+                + [times or "-", commands or "-"]
+            )
+            + " |"
+        )
     return "\n".join(lines)

@@ -9,8 +9,9 @@ Shapes: ``s`` windows, ``w`` days per window, ``f`` features (target first), ``E
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,7 @@ def forecast_data(table, *, window: int, test_days: int, val_days: int, season_f
     x_raw, y_raw = data_lib.make_windows(values, window=window, target_cols=[t_idx])
     target_row = np.arange(len(x)) + window
     obs = np.asarray(table.observed, bool)
-    run = np.convolve((~obs).astype(np.int64), np.ones(window + 1, np.int64), mode="full")[: n]
+    run = np.convolve((~obs).astype(np.int64), np.ones(window + 1, np.int64), mode="full")[:n]
     ok = run[target_row] == 0  # no unobserved day among rows target-window .. target
     bounds = {"train": (0, train_end), "val": (train_end, n - test_days), "test": (n - test_days, n)}
     splits, raw, dates = {}, {}, {}
@@ -123,8 +124,16 @@ def forecast_data(table, *, window: int, test_days: int, val_days: int, season_f
         splits[name] = {"x": x[keep].astype(np.float32), "y": y[keep].astype(np.float32)}
         raw[name] = {"x": x_raw[keep], "y": y_raw[keep, 0]}
         dates[name] = np.asarray(table.dates)[target_row[keep]]
-    return ForecastData(splits["train"], splits["val"], splits["test"], raw, dates, names,
-                        float(scaler.mean[t_idx]), float(scaler.scale[t_idx]))
+    return ForecastData(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        raw,
+        dates,
+        names,
+        float(scaler.mean[t_idx]),
+        float(scaler.scale[t_idx]),
+    )
 
 
 def forecast_baselines(data: ForecastData) -> dict:
@@ -142,8 +151,9 @@ def forecast_baselines(data: ForecastData) -> dict:
     }
 
 
-def forecast_member_apply(params: SeqModel, x: Array, rng: Optional[PRNGKey], *, dropout: float = 0.0,
-                          residual: bool = False) -> Array:
+def forecast_member_apply(
+    params: SeqModel, x: Array, rng: Optional[PRNGKey], *, dropout: float = 0.0, residual: bool = False
+) -> Array:
     """One forecaster: ``x [b, w, f]`` (scaled, target in column 0) -> ``[b, 1]`` scaled target.
 
     Dropout (variational on ``h`` and on the head input) only with ``rng``; with ``residual``
@@ -166,9 +176,22 @@ class ForecastEnsemble(NamedTuple):
 
 
 def train_forecast_ensemble(
-    data: ForecastData, *, cell: str = "lstm", hidden: int = 64, ensemble: int = 8, epochs: int = 60,
-    batch_size: int = 32, lr: float = 3e-3, dropout: float = 0.3, weight_decay: float = 1e-4, seed: int = 0,
-    residual: bool = False, bagging: bool = False, refit: bool = True, progress: bool = True, desc: str = "",
+    data: ForecastData,
+    *,
+    cell: str = "lstm",
+    hidden: int = 64,
+    ensemble: int = 8,
+    epochs: int = 60,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    dropout: float = 0.3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    residual: bool = False,
+    bagging: bool = False,
+    refit: bool = True,
+    progress: bool = True,
+    desc: str = "",
 ) -> ForecastEnsemble:
     """Train ``ensemble`` forecasters together (``jax.vmap`` over members inside one loss) with
     ``lstm_jax.train.fit``: Adam(W) with warmup + cosine decay, early selection on the validation
@@ -184,20 +207,43 @@ def train_forecast_ensemble(
 
     def optimizer(n_rows, n_epochs):
         steps = n_epochs * (n_rows // batch_size)
-        return train_lib.make_optimizer(lr, clip_norm=None, warmup_steps=min(100, steps // 10), total_steps=steps,
-                                        weight_decay=weight_decay), steps
+        return train_lib.make_optimizer(
+            lr, clip_norm=None, warmup_steps=min(100, steps // 10), total_steps=steps, weight_decay=weight_decay
+        ), steps
 
     opt, steps = optimizer(len(data.train["x"]), epochs)
-    result = train_lib.fit(loss_fn, params, opt, data.train, val_data=data.val, epochs=epochs, batch_size=batch_size,
-                           seed=seed, monitor="val_ens_mse", compiled_epoch=True, progress=progress, desc=desc)
+    result = train_lib.fit(
+        loss_fn,
+        params,
+        opt,
+        data.train,
+        val_data=data.val,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        monitor="val_ens_mse",
+        compiled_epoch=True,
+        progress=progress,
+        desc=desc,
+    )
     best_epoch = max(int(result.best_epoch or epochs), 1)
     final = result.params
     if refit:
         both = {k: np.concatenate([data.train[k], data.val[k]]) for k in ("x", "y")}
         opt, _ = optimizer(len(both["x"]), best_epoch)
-        final = train_lib.fit(loss_fn, params, opt, both, epochs=best_epoch, batch_size=batch_size, seed=seed,
-                              compiled_epoch=True, monitor="train_loss", progress=progress,
-                              desc=f"{desc} refit train+val x{best_epoch}").state.params
+        final = train_lib.fit(
+            loss_fn,
+            params,
+            opt,
+            both,
+            epochs=best_epoch,
+            batch_size=batch_size,
+            seed=seed,
+            compiled_epoch=True,
+            monitor="train_loss",
+            progress=progress,
+            desc=f"{desc} refit train+val x{best_epoch}",
+        ).state.params
     return ForecastEnsemble(final, result.params, best_epoch, result.history, int(result.state.step), apply)
 
 
@@ -225,8 +271,9 @@ def mae(pred, y) -> float:
     return float(np.mean(np.abs(np.asarray(pred) - y)))
 
 
-def forecast_experiment(res: Results, data: ForecastData, *, dataset: str, unit: str, cell: str = "lstm",
-                        ensemble: int = 8, **train_kwargs) -> tuple:
+def forecast_experiment(
+    res: Results, data: ForecastData, *, dataset: str, unit: str, cell: str = "lstm", ensemble: int = 8, **train_kwargs
+) -> tuple:
     """Baselines and a trained ensemble on the same test windows, their rows added to ``res``:
     test RMSE and MAE of every model (the ensemble's mean prediction for ``cell``), the members'
     mean RMSE, and validation RMSE of the best-on-validation members and of persistence.

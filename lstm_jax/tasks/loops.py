@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +70,22 @@ class _Tracker:
 
 
 def train_steps(
-    loss_fn: Optional[Callable], params: PyTree, optimizer, sample_batch: Callable[[int], PyTree], *, steps: int,
-    seed: int = 0, max_seconds: Optional[float] = None, eval_fn: Optional[Callable[[PyTree], dict]] = None,
-    eval_every: int = 0, monitor: Optional[str] = None, mode: str = "min",
-    until: Optional[Callable[[dict], bool]] = None, progress: bool = True, desc: str = "train", bar=None,
+    loss_fn: Optional[Callable],
+    params: PyTree,
+    optimizer,
+    sample_batch: Callable[[int], PyTree],
+    *,
+    steps: int,
+    seed: int = 0,
+    max_seconds: Optional[float] = None,
+    eval_fn: Optional[Callable[[PyTree], dict]] = None,
+    eval_every: int = 0,
+    monitor: Optional[str] = None,
+    mode: str = "min",
+    until: Optional[Callable[[dict], bool]] = None,
+    progress: bool = True,
+    desc: str = "train",
+    bar=None,
     train_step: Optional[Callable] = None,
 ) -> LoopResult:
     """Step-budgeted training with a batch sampler, built on ``lstm_jax.train.make_train_step``
@@ -97,7 +110,7 @@ def train_steps(
     from lstm_jax import train as train_lib
 
     state = train_lib.init_train_state(params, optimizer, jax.random.key(seed))
-    step_fn = jax.jit(train_step or train_lib.make_train_step(loss_fn, optimizer))
+    step_fn = jax.jit(train_step or train_lib.make_train_step(loss_fn, optimizer))  # type: ignore[arg-type]
     bar, own_bar = _open_bar(bar, steps, desc, progress)
     track = _Tracker(params, eval_fn, monitor, mode, until, bar)
     done, cut, start = 0, False, time.perf_counter()
@@ -132,9 +145,19 @@ def train_steps(
 
 
 def train_generated(
-    loss_fn: Callable, params: PyTree, optimizer, sample_fn: Callable[[PRNGKey], PyTree], *, steps: int,
-    key: PRNGKey, chunk: int = 100, eval_fn: Optional[Callable[[PyTree], dict]] = None,
-    until: Optional[Callable[[dict], bool]] = None, progress: bool = True, desc: str = "train", bar=None,
+    loss_fn: Callable,
+    params: PyTree,
+    optimizer,
+    sample_fn: Callable[[PRNGKey], PyTree],
+    *,
+    steps: int,
+    key: PRNGKey,
+    chunk: int = 100,
+    eval_fn: Optional[Callable[[PyTree], dict]] = None,
+    until: Optional[Callable[[dict], bool]] = None,
+    progress: bool = True,
+    desc: str = "train",
+    bar=None,
 ) -> tuple:
     """Training on data generated on the fly: ``chunk`` steps at a time in one jitted ``lax.scan``.
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Optional
 
 import jax
 import numpy as np
@@ -71,8 +72,14 @@ class Results:
         """One row: ``model`` is a cell name or a baseline's name; ``split`` ``val`` or ``test``."""
         if split not in ("train", "val", "test"):
             raise ValueError(f"expected split 'train', 'val' or 'test', got {split!r}")
-        row = {"task": self.task, "dataset": dataset, "model": model, "metric": metric, "split": split,
-               "value": float(value)}
+        row = {
+            "task": self.task,
+            "dataset": dataset,
+            "model": model,
+            "metric": metric,
+            "split": split,
+            "value": float(value),
+        }
         row.update(extra)
         self.rows.append(row)
 
@@ -90,12 +97,23 @@ class Results:
         a run cut short (``why``: by what) is announced on stdout, loudly."""
         self.extra.update(updates=int(updates), updates_planned=int(updates_planned), stopped_early=bool(stopped_early))
         if stopped_early:
-            print(f"WARNING: STOPPED EARLY{' by ' + why if why else ''}: {updates} of {updates_planned} planned "
-                  "updates ran; these numbers depend on the speed and load of the machine", flush=True)
+            print(
+                f"WARNING: STOPPED EARLY{' by ' + why if why else ''}: {updates} of {updates_planned} planned "
+                "updates ran; these numbers depend on the speed and load of the machine",
+                flush=True,
+            )
 
     def as_dict(self) -> dict:
-        return _jsonable({"task": self.task, "command": self.command, "config": self.config,
-                          "wall_time_s": round(self.timer(), 2), "results": self.rows, **self.extra})
+        return _jsonable(
+            {
+                "task": self.task,
+                "command": self.command,
+                "config": self.config,
+                "wall_time_s": round(self.timer(), 2),
+                "results": self.rows,
+                **self.extra,
+            }
+        )
 
     def write(self, out_dir) -> Path:
         """Write ``<out_dir>/metrics.json`` and return its path."""
@@ -117,7 +135,11 @@ class Results:
         for ds, model, t in keys:
             cells = [ds, model] + ([str(t)] if len(header) > 2 + len(metrics) else [])
             for m in metrics:
-                vals = [r["value"] for r in rows if (r["dataset"], r["model"], r.get("seq_len"), r["metric"]) == (ds, model, t, m)]
+                vals = [
+                    r["value"]
+                    for r in rows
+                    if (r["dataset"], r["model"], r.get("seq_len"), r["metric"]) == (ds, model, t, m)
+                ]
                 cells.append(f"{vals[0]:.4g}" if vals else "-")
             lines.append(cells)
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
@@ -134,12 +156,15 @@ def load_metrics(path) -> dict:
     for row in data["results"]:
         missing = {"task", "dataset", "model", "metric", "split", "value"} - set(row)
         if missing:
-            raise ValueError(f"expected result rows with task/dataset/model/metric/split/value in {path}, got one missing {sorted(missing)}")
+            raise ValueError(
+                f"expected result rows with task/dataset/model/metric/split/value in {path}, got one missing {sorted(missing)}"
+            )
     return data
 
 
 def results_markdown(rows: Iterable[dict], columns: Sequence[str]) -> str:
     """A markdown table of dict rows with the given columns (missing values shown as ``-``)."""
+
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4g}"
@@ -186,10 +211,18 @@ def save_figure(fig, path) -> Path:
     return path
 
 
-
-def finish(res: Results, out_dir, params: Optional[PyTree] = None, *, step: int = 0, meta: Optional[dict] = None,
-           figures: Optional[Mapping[str, Callable[[Path], object]]] = None, header: str = "", footer: str = "",
-           note: str = "") -> Path:
+def finish(
+    res: Results,
+    out_dir,
+    params: Optional[PyTree] = None,
+    *,
+    step: int = 0,
+    meta: Optional[dict] = None,
+    figures: Optional[Mapping[str, Callable[[Path], object]]] = None,
+    header: str = "",
+    footer: str = "",
+    note: str = "",
+) -> Path:
     """The end of every script: checkpoint ``params`` (meta: the run's config and ``meta``), draw
     each figure (``{file name: draw(path)}``), write ``metrics.json``; then print ``header``, the
     test table, ``footer`` and ``note`` with the wall time. Returns the path of ``metrics.json``."""

@@ -8,7 +8,8 @@ Shapes: ``b`` batch, ``t`` steps, ``d_in`` features, ``k`` outputs, ``E`` ensemb
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -131,10 +132,16 @@ def apply_seq_model(
     if use_dropout:
         dropout_key, head_key = jax.random.split(as_key(dropout_key, "dropout_key"))
     ys, state = forward(
-        params.rnn, xs, lengths=lengths, initial_state=initial_state,
+        params.rnn,
+        xs,
+        lengths=lengths,
+        initial_state=initial_state,
         dropout=dropout if use_dropout else 0.0,
         recurrent_dropout=recurrent_dropout if use_dropout else 0.0,
-        dropout_key=dropout_key, unroll=unroll, hoist=hoist, impl=impl,
+        dropout_key=dropout_key,
+        unroll=unroll,
+        hoist=hoist,
+        impl=impl,
     )
     if readout == "final":
         feats = _final_h(state)
@@ -221,4 +228,3 @@ def make_ensemble_regression_loss(apply_fn: Callable, *, bagging: bool = False) 
         return member.mean(), {"ens_mse": ens, "member_mse": sq.mean()}
 
     return loss_fn
-

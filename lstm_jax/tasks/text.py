@@ -4,7 +4,8 @@ from the texts alone (truncated SVD of the PPMI co-occurrence matrix).
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class WordVocab(NamedTuple):
     words: tuple
 
     @property
-    def index(self) -> dict:
+    def index(self) -> dict:  # type: ignore[override]
         return {w: i for i, w in enumerate(self.words)}
 
 
@@ -56,8 +57,9 @@ def encode_texts(token_lists: Sequence[list], vocab: WordVocab, *, max_len: int)
     return ids, lengths
 
 
-def ppmi_svd_vectors(token_lists: Sequence[list], vocab: WordVocab, dim: int, *, window: int = 4,
-                     seed: int = 0) -> np.ndarray:
+def ppmi_svd_vectors(
+    token_lists: Sequence[list], vocab: WordVocab, dim: int, *, window: int = 4, seed: int = 0
+) -> np.ndarray:
     """Word vectors from the texts alone: truncated SVD of the positive PMI matrix of word
     co-occurrences within ``window`` tokens (Levy & Goldberg 2014), scaled to unit RMS.
 
@@ -83,7 +85,7 @@ def ppmi_svd_vectors(token_lists: Sequence[list], vocab: WordVocab, dim: int, *,
     counts = counts + counts.T
     total = counts.sum()
     row_sum = np.asarray(counts.sum(1)).ravel()
-    col_sum = row_sum ** 0.75  # context distribution smoothing
+    col_sum = row_sum**0.75  # context distribution smoothing
     col_sum = col_sum / col_sum.sum() * total
     coo = counts.tocoo()
     pmi = np.log(coo.data * total / (row_sum[coo.row] * col_sum[coo.col] + 1e-12))
@@ -97,4 +99,3 @@ def ppmi_svd_vectors(token_lists: Sequence[list], vocab: WordVocab, dim: int, *,
     out[:, :k] = vectors
     out[0] = 0.0
     return out
-

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,13 @@ class TrainConfig(NamedTuple):
         lr = self.learning_rate if learning_rate is None else learning_rate
         total = self.epochs * steps_per_epoch if self.cosine_decay else None
         return make_optimizer(
-            lr, clip_norm=self.clip_norm, warmup_steps=self.warmup_steps, total_steps=total,
-            end_fraction=self.end_fraction, weight_decay=self.weight_decay, optimizer=self.optimizer,
+            lr,
+            clip_norm=self.clip_norm,
+            warmup_steps=self.warmup_steps,
+            total_steps=total,
+            end_fraction=self.end_fraction,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
         )
 
 
@@ -109,8 +115,14 @@ def make_train(
         train_dev = jax.tree_util.tree_map(jnp.asarray, train_host)
         val_dev = None if val_host is None else jax.tree_util.tree_map(jnp.asarray, val_host)
         epoch_body = _epoch_body(config, make_train_step(loss_fn, optimizer), eval_step, train_dev, val_dev, data_key)
-        init = (state, state.params, jnp.asarray(jnp.inf * sign, jnp.float32), jnp.zeros((), jnp.int32),
-                jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+        init = (
+            state,
+            state.params,
+            jnp.asarray(jnp.inf * sign, jnp.float32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), bool),
+        )
         (state, best_params, best, best_epoch, _, _), history = jax.lax.scan(
             epoch_body, init, jnp.arange(config.epochs)
         )
@@ -133,8 +145,10 @@ def _epoch_body(config: TrainConfig, step_fn: Callable, eval_step: Callable, tra
         new_state, stacked = run_epoch(step_fn, state, train_dev, data_key, epoch, config.batch_size)
         finite = stacked.pop("finite")
         count = jnp.sum(finite.astype(jnp.float32))
-        entry = {f"train_{k}": jnp.where(count > 0, jnp.sum(jnp.where(finite, v, 0.0)) / count, jnp.nan)
-                 for k, v in stacked.items()}
+        entry = {
+            f"train_{k}": jnp.where(count > 0, jnp.sum(jnp.where(finite, v, 0.0)) / count, jnp.nan)
+            for k, v in stacked.items()
+        }
         entry["nonfinite_steps"] = jnp.sum(~finite).astype(jnp.int32)
         if val_dev is not None:
             val = evaluate_arrays(eval_step, new_state.params, val_dev, ebs)

@@ -27,7 +27,8 @@ import json
 import math
 import time
 from collections import OrderedDict
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import numpy as np
@@ -46,7 +47,7 @@ __all__ = ["FitResult", "fit"]
 
 
 _jit_permutation = jax.jit(epoch_permutation, static_argnums=2)
-_PROGRAMS: "OrderedDict[tuple, tuple]" = OrderedDict()
+_PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
 
 
 def _fit_programs(loss_fn, optimizer, train_step, mesh, batch_size: int, eval_batch_size: int):
@@ -65,9 +66,7 @@ def _fit_programs(loss_fn, optimizer, train_step, mesh, batch_size: int, eval_ba
     step_fn = train_step or make_train_step(loss_fn, optimizer)
     eval_step = make_eval_step(loss_fn)
     jstep = jax.jit(step_fn, out_shardings=repl)
-    epoch_fn = jax.jit(
-        lambda s, d, k, e: run_epoch(step_fn, s, d, k, e, batch_size, mesh=mesh), out_shardings=repl
-    )
+    epoch_fn = jax.jit(lambda s, d, k, e: run_epoch(step_fn, s, d, k, e, batch_size, mesh=mesh), out_shardings=repl)
     eval_fn = jax.jit(lambda p, d: evaluate_arrays(eval_step, p, d, eval_batch_size, mesh=mesh), out_shardings=repl)
     programs = (jstep, epoch_fn, eval_fn)
     if key is not None:
@@ -157,12 +156,21 @@ def fit(
     """
     _check_fit_args(epochs, eval_every, mode, on_nonfinite, patience, checkpoint_every, resume, checkpoint_dir)
     setup = _setup(
-        loss_fn, params, optimizer, train_data, val_data, seed=seed, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, train_step=train_step, devices=devices, validate_data=validate_data,
-        compiled_epoch=compiled_epoch, monitor=monitor,
+        loss_fn,
+        params,
+        optimizer,
+        train_data,
+        val_data,
+        seed=seed,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        train_step=train_step,
+        devices=devices,
+        validate_data=validate_data,
+        compiled_epoch=compiled_epoch,
+        monitor=monitor,
     )
-    opts = _Options(epochs, eval_every, monitor, mode, patience, on_nonfinite, checkpoint_every, history_path,
-                    callback)
+    opts = _Options(epochs, eval_every, monitor, mode, patience, on_nonfinite, checkpoint_every, history_path, callback)
     run = Run(state=setup.state)
     stores = rs.open_stores(checkpoint_dir, keep_checkpoints)
     pbar = None
@@ -171,8 +179,9 @@ def fit(
             rs.resume(run, stores, setup, checkpoint_dir)
         rs.rewrite_history(history_path, run.history)
         done = min(run.epoch0 * setup.nb + run.batch0, epochs * setup.nb)
-        pbar = tqdm(total=epochs * setup.nb, initial=done, desc=desc, disable=not progress, dynamic_ncols=True,
-                    leave=True)
+        pbar = tqdm(
+            total=epochs * setup.nb, initial=done, desc=desc, disable=not progress, dynamic_ncols=True, leave=True
+        )
         with rs.Interrupt() as interrupt:
             for epoch in range(run.epoch0, epochs):
                 if run.stopped:
@@ -242,8 +251,22 @@ class _Setup(NamedTuple):
     fingerprint: dict  # what a resumed checkpoint must match
 
 
-def _setup(loss_fn, params, optimizer, train_data, val_data, *, seed, batch_size, eval_batch_size, train_step,
-           devices, validate_data, compiled_epoch, monitor) -> _Setup:
+def _setup(
+    loss_fn,
+    params,
+    optimizer,
+    train_data,
+    val_data,
+    *,
+    seed,
+    batch_size,
+    eval_batch_size,
+    train_step,
+    devices,
+    validate_data,
+    compiled_epoch,
+    monitor,
+) -> _Setup:
     """Check and place the data, derive the keys, build (or reuse) the jitted programs."""
     train_host, val_host, n_train, nb = prepare_data(train_data, val_data, batch_size, validate=validate_data)
     mesh = shd.data_mesh(devices)
@@ -263,8 +286,16 @@ def _setup(loss_fn, params, optimizer, train_data, val_data, *, seed, batch_size
         train_host=train_host,
         train_dev=shd.replicate(train_host, mesh) if compiled_epoch else None,
         val_dev=shd.replicate(val_host, mesh) if val_host is not None else None,
-        n_train=n_train, nb=nb, batch_size=int(batch_size), mesh=mesh, data_key=data_key, state=state,
-        jstep=jstep, epoch_fn=epoch_fn, eval_fn=eval_fn, fingerprint=fingerprint,
+        n_train=n_train,
+        nb=nb,
+        batch_size=int(batch_size),
+        mesh=mesh,
+        data_key=data_key,
+        state=state,
+        jstep=jstep,
+        epoch_fn=epoch_fn,
+        eval_fn=eval_fn,
+        fingerprint=fingerprint,
     )
 
 
@@ -372,6 +403,7 @@ def _improved(value: float, best: Optional[float], mode: str) -> bool:
 
 def _check_monitor(monitor, jstep, state, train_host, batch_size, loss_fn, val_host, ebs) -> None:
     """Fail before training when ``monitor`` cannot appear in the history (traces, no compile)."""
+
     def spec(tree, rows):
         return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype), tree)
 
@@ -389,11 +421,9 @@ def _check_monitor(monitor, jstep, state, train_host, batch_size, loss_fn, val_h
 
 def _nonfinite_error(step: int, epoch: int, batch: int, nb: int, store) -> NonFiniteError:
     last = store.latest_step() if store is not None else None
-    where = (f"the last checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written")
+    where = f"the last checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written"
     return NonFiniteError(
         f"non-finite loss or gradient at step {step} (epoch {epoch + 1}, batch {batch} of {nb}, 0-based); "
         f"the update was not applied and {where}. Check the data and learning rate, or pass "
         f"on_nonfinite='skip' to skip such updates"
     )
-
-

@@ -61,9 +61,16 @@ class Run:
 
     def meta(self, epoch: int, batch: int, fingerprint: dict) -> dict:
         return {
-            "epoch": epoch, "batch": batch, "partial": self.partial, "nonfinite": self.nonfinite,
-            "history": self.history, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-            "bad_evals": self.bad_evals, "stopped": self.stopped, "has_best": self.best_params is not None,
+            "epoch": epoch,
+            "batch": batch,
+            "partial": self.partial,
+            "nonfinite": self.nonfinite,
+            "history": self.history,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_evals": self.bad_evals,
+            "stopped": self.stopped,
+            "has_best": self.best_params is not None,
             "fingerprint": fingerprint,
         }
 
@@ -131,8 +138,11 @@ class Interrupt:
             signal.signal(signal.SIGINT, self._prev or signal.default_int_handler)
             raise KeyboardInterrupt
         self.flag = True
-        print("\nlstm_jax.fit: interrupt received; finishing the step and saving (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        print(
+            "\nlstm_jax.fit: interrupt received; finishing the step and saving (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

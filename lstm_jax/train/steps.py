@@ -6,7 +6,8 @@ them. ``loss_fn(params, batch, rng) -> (loss, metrics)`` (or just the loss) is t
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ def _loss_and_metrics(loss_fn: Callable) -> Callable:
 
     def wrapped(params, batch, rng):
         out = loss_fn(params, batch, rng)
-        loss, metrics = (out if isinstance(out, tuple) and len(out) == 2 else (out, {}))
+        loss, metrics = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
         if jnp.shape(loss) != ():
             raise ValueError(f"expected loss_fn to return a scalar loss, got shape {jnp.shape(loss)}")
         if not isinstance(metrics, dict):
@@ -136,7 +137,9 @@ def evaluate(loss_fn: Callable, params: PyTree, data: PyTree, *, batch_size: int
     return {k: float(v) for k, v in jax.device_get(fn(params, data)).items()}
 
 
-def run_epoch(train_step: Callable, state: TrainState, data: PyTree, data_key: PRNGKey, epoch, batch_size: int, *, mesh=None):
+def run_epoch(
+    train_step: Callable, state: TrainState, data: PyTree, data_key: PRNGKey, epoch, batch_size: int, *, mesh=None
+):
     """One epoch in one ``lax.scan`` (traceable): the batches of ``epoch_permutation(data_key,
     epoch, N)``, full batches only.
 
@@ -156,7 +159,6 @@ def run_epoch(train_step: Callable, state: TrainState, data: PyTree, data_key: P
     return jax.lax.scan(body, state, order)
 
 
-
 def _canonical(tree: PyTree) -> PyTree:
     """Host NumPy arrays in JAX's canonical dtypes (float64 -> float32 without x64)."""
 
@@ -174,8 +176,11 @@ def _check_like(train: PyTree, val: PyTree) -> None:
         raise ValueError(f"expected val_data with the same structure as train_data ({t_def}), got {v_def}")
     for (path, a), (_, b) in zip(t_leaves, v_leaves):
         name = jax.tree_util.keystr(path)
-        same = a.ndim == b.ndim and (a.shape[2:] == b.shape[2:] if a.ndim >= 3 else a.shape[1:] == b.shape[1:]
-                                     or not np.issubdtype(a.dtype, np.floating))
+        same = a.ndim == b.ndim and (
+            a.shape[2:] == b.shape[2:]
+            if a.ndim >= 3
+            else a.shape[1:] == b.shape[1:] or not np.issubdtype(a.dtype, np.floating)
+        )
         if not same:
             raise ValueError(
                 f"expected val_data{name} with the feature shape of train_data{name} {a.shape[1:]}, got {b.shape[1:]}"
