@@ -3,6 +3,7 @@
 ``metrics.json`` shape (the same for every script, so code can tabulate results)::
 
     {"task": ..., "command": "python experiments/...", "config": {...}, "wall_time_s": ...,
+     "platform": "cpu" / "gpu" / "tpu", "device": e.g. "cpu" or "NVIDIA H200",
      "results": [{"task", "dataset", "model", "metric", "split", "value", ...extra}, ...],
      ...extra top-level keys (history, and for step-budgeted runs
         "updates", "updates_planned", "stopped_early")}
@@ -110,6 +111,8 @@ class Results:
                 "command": self.command,
                 "config": self.config,
                 "wall_time_s": round(self.timer(), 2),
+                "platform": jax.default_backend(),
+                "device": jax.devices()[0].device_kind,
                 "results": self.rows,
                 **self.extra,
             }
