@@ -374,7 +374,9 @@ _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack
         per-example scan, differentiated by autodiff. ``"fused"``: plain LSTMs only, the
         batch-level custom-VJP layer of ``lstm_jax.backends.fused`` (same results, faster
         training); ``"fused_recompute"`` and ``"fused_checkpoint"`` are its memory-saving
-        modes. ``"auto"``: ``backends.choose``, the first backend of ``backends.AUTO_ORDER``
+        modes. ``"pallas"``: the time loop inside one Pallas kernel (plain or peephole LSTMs).
+        ``"cudnn"``: plain float32 LSTMs on a GPU, no dropout. ``"parallel"``: research mode,
+        parallel-in-time Newton iterations. ``"auto"``: ``backends.choose``, the first backend of ``backends.AUTO_ORDER``
         for the platform that supports the call (today ``"fused"`` when the params allow it,
         else ``"scan"``). A backend that cannot serve the call raises ``ValueError`` naming
         the reason and the backends that can.

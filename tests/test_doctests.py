@@ -27,7 +27,7 @@ OPTIONFLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # The suite runs with jax_numpy_rank_promotion="raise" (tests/conftest.py). Keras' own JAX code
 # broadcasts implicitly, so the from_keras example runs with rank promotion allowed, as
 # tests/test_interop.py does; every other module's examples run under "raise".
-ALLOW_RANK_PROMOTION = {"lstm_jax.interop"}
+ALLOW_RANK_PROMOTION = {"lstm_jax.interop", "lstm_jax.interop.keras_io"}
 
 _WALK_ERRORS: dict[str, str] = {}
 
