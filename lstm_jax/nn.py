@@ -125,6 +125,25 @@ def _impl_kwargs(impl: str) -> dict:
     return {} if impl == "scan" else {"impl": impl}
 
 
+def _apply(module, params: StackParams, xs, lengths, initial_state, dropout_key) -> tuple[Array, PyTree]:
+    """The pure function of ``module``'s kind with ``module``'s options (NNX and linen alike)."""
+    _, _, fn = _KINDS[module._kind]
+    return fn(
+        params,
+        xs,
+        lengths=lengths,
+        initial_state=initial_state,
+        dropout=module.dropout,
+        recurrent_dropout=module.recurrent_dropout,
+        variational_dropout=module.variational_dropout,
+        dropout_key=dropout_key,
+        unroll=module.unroll,
+        hoist=module.hoist,
+        compute_dtype=module.compute_dtype,
+        **_impl_kwargs(module.impl),
+    )
+
+
 # --------------------------------------------------------------------------- NNX
 class _RecurrentNNX(nnx.Module):
     """Shared body of the NNX modules; subclasses fix ``_kind`` and the init options."""
@@ -260,21 +279,7 @@ class _RecurrentNNX(nnx.Module):
         deterministic = self.deterministic if deterministic is None else deterministic
         use_dropout = not deterministic and (self.dropout > 0.0 or self.recurrent_dropout > 0.0)
         key = self.rngs() if use_dropout else None
-        _, _, fn = _KINDS[self._kind]
-        return fn(
-            self.pure_params(),
-            xs,
-            lengths=lengths,
-            initial_state=initial_state,
-            dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            variational_dropout=self.variational_dropout,
-            dropout_key=key,
-            unroll=self.unroll,
-            hoist=self.hoist,
-            compute_dtype=self.compute_dtype,
-            **_impl_kwargs(self.impl),
-        )
+        return _apply(self, self.pure_params(), xs, lengths, initial_state, key)
 
 
 _NNX_ARGS = """
@@ -383,7 +388,7 @@ class _RecurrentLinen(linen.Module):
             raise ValueError(
                 f"expected xs of shape [b, t, d_in] (rank 3), got {getattr(xs, 'shape', type(xs).__name__)}"
             )
-        _, init_fn, apply_fn = _KINDS[self._kind]
+        _, init_fn, _ = _KINDS[self._kind]
 
         def init(key):
             return init_fn(
@@ -401,20 +406,7 @@ class _RecurrentLinen(linen.Module):
             deterministic = True if self.deterministic is None else self.deterministic
         use_dropout = not deterministic and (self.dropout > 0.0 or self.recurrent_dropout > 0.0)
         key = self.make_rng("dropout") if use_dropout else None
-        return apply_fn(
-            params,
-            xs,
-            lengths=lengths,
-            initial_state=initial_state,
-            dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            variational_dropout=self.variational_dropout,
-            dropout_key=key,
-            unroll=self.unroll,
-            hoist=self.hoist,
-            compute_dtype=self.compute_dtype,
-            **_impl_kwargs(self.impl),
-        )
+        return _apply(self, params, xs, lengths, initial_state, key)
 
 
 _LINEN_DOC = """linen {kind} network over ``lstm_jax.{name}``; variables ``{{"params": {{"stack": StackParams}}}}``.

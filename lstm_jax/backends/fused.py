@@ -53,10 +53,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.backends.fused_core import _Config, _core, _valid, _Weights
-from lstm_jax.backends.masking import per_example_dropout_keys, permute_valid_prefix
+from lstm_jax.backends import LayerCall
+from lstm_jax.backends.fused_core import _Config, _core, _Weights
+from lstm_jax.backends.masking import permute_valid_prefix, zero_padding
+from lstm_jax.backends.network import run_network
 from lstm_jax.cells import LSTMCarry, LSTMParams
-from lstm_jax.layers import dropout_mask, stack_states
 from lstm_jax.typing import Array, DType, PRNGKey
 
 __all__ = [
@@ -169,9 +170,7 @@ def lstm_layer(
     x = xs.astype(dt)
     if lengths is not None:
         lengths = lengths.astype(jnp.int32)
-        # padding replaced by zeros (as the core scan does): NaN/inf junk there must not reach
-        # the weight gradients through dW_x = sum_t x_t^T dz_t, where dz_t = 0
-        x = jnp.where(_valid(jnp.arange(t), lengths), x, jnp.zeros_like(x))  # type: ignore[arg-type]
+        x = zero_padding(x, lengths)
     if reverse:
         x = permute_valid_prefix(x, lengths)
     rmask = None if recurrent_mask is None else jax.lax.stop_gradient(recurrent_mask.astype(dt))
@@ -219,46 +218,30 @@ def fused_stack(
     Returns:
       ``(ys: [b, t, D*d_h], LSTMCarry(h: [b, L, D, d_h], c: [b, L, D, d_h]))``.
     """
-    b, t, _ = xs.shape
-    num_layers, num_directions = len(params.layers), len(params.layers[0])
-    dt = params.layers[0][0].w_h.dtype
-    d_h = params.layers[0][0].w_h.shape[0]
-    use_dropout = dropout_key is not None
-    if use_dropout:
-        k_between, k_rec = per_example_dropout_keys(dropout_key, b, num_layers, num_directions)  # type: ignore[arg-type]
-    inputs = jnp.swapaxes(xs, 0, 1)  # [t, b, d_in]
-    finals = []
-    for l, layer in enumerate(params.layers):
-        if l > 0 and use_dropout and dropout > 0.0:
-            d = inputs.shape[-1]
-            shape = (1, d) if variational_dropout else (t, d)
-            mask = jax.vmap(lambda k: dropout_mask(k, dropout, shape, inputs.dtype))(k_between[:, l])
-            inputs = inputs * jnp.swapaxes(mask, 0, 1)
-        outputs = []
-        for direction, cell_params in enumerate(layer):
-            if initial_state is None:
-                carry0 = LSTMCarry(jnp.zeros((b, d_h), dt), jnp.zeros((b, d_h), dt))
-            else:
-                carry0 = LSTMCarry(initial_state.h[:, l, direction], initial_state.c[:, l, direction])
-            rmask = None
-            if use_dropout and recurrent_dropout > 0.0:
-                rmask = jax.vmap(lambda k: dropout_mask(k, recurrent_dropout, (d_h,), dt))(k_rec[:, l, direction])
-            final, ys = lstm_layer(
-                cell_params,
-                carry0,
-                inputs,
-                lengths,
-                reverse=(direction == 1),
-                memory=memory,
-                unroll=unroll,
-                hoist=hoist,
-                chunk=chunk,
-                recurrent_mask=rmask,
-            )
-            outputs.append(ys)
-            finals.append(final)
-        inputs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    return jnp.swapaxes(inputs, 0, 1), stack_states(finals, num_layers, num_directions, axis=1)
+    call = LayerCall(
+        lengths=lengths,
+        initial_state=initial_state,
+        dropout=dropout,
+        recurrent_dropout=recurrent_dropout,
+        variational_dropout=variational_dropout,
+        dropout_key=dropout_key,
+    )
+
+    def layer_fn(cell_params, carry0, inputs, reverse, rmask):
+        return lstm_layer(
+            cell_params,
+            carry0,
+            inputs,
+            lengths,
+            reverse=reverse,
+            memory=memory,
+            unroll=unroll,
+            hoist=hoist,
+            chunk=chunk,
+            recurrent_mask=rmask,
+        )
+
+    return run_network(params, xs, call, layer_fn)
 
 
 # --------------------------------------------------------------------------- backend interface

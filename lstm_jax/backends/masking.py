@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from lstm_jax.typing import Array, PRNGKey
 
-__all__ = ["permute_valid_prefix", "per_example_dropout_keys"]
+__all__ = ["permute_valid_prefix", "per_example_dropout_keys", "zero_padding"]
 
 
 def _reverse_index(t: int, lengths: Array) -> Array:
@@ -35,6 +35,19 @@ def _permute_bwd(index, ct):
 
 
 _permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+def zero_padding(x: Array, lengths: Optional[Array]) -> Array:
+    """``x: [t, b, d]`` with the steps past ``lengths: [b]`` set to zero (``x`` itself if None).
+
+    A batch-level backend zeroes the padding before its input projection, as the core scan does:
+    NaN/Inf junk there must not reach the weight gradients through ``dW_x = sum_t x_t^T dz_t``,
+    where ``dz_t = 0``.
+    """
+    if lengths is None:
+        return x
+    valid = jnp.arange(x.shape[0])[:, None] < lengths[None, :]  # [t, b]
+    return jnp.where(valid[:, :, None], x, jnp.zeros_like(x))
 
 
 def permute_valid_prefix(x: Array, lengths: Optional[Array]) -> Array:

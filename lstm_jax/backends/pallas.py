@@ -85,9 +85,9 @@ import jax
 import jax.numpy as jnp
 
 from lstm_jax.backends import pallas_kernels as pk
-from lstm_jax.backends.masking import per_example_dropout_keys, permute_valid_prefix
+from lstm_jax.backends.masking import permute_valid_prefix, zero_padding
+from lstm_jax.backends.network import run_network
 from lstm_jax.cells import LSTMCarry, LSTMParams
-from lstm_jax.layers import dropout_mask, stack_states
 from lstm_jax.typing import Array
 
 __all__ = ["GPU_MAX_D_H", "pallas_stack", "run", "unsupported"]
@@ -198,8 +198,7 @@ def _layer(cfg: pk.KernelConfig, p: LSTMParams, h0, c0, xs, lengths, reverse: bo
     t, b, d_in = xs.shape
     d_h = p.w_h.shape[0]
     cdt = jnp.dtype(cfg.compute_dtype)
-    if lengths is not None:  # padding zeroed: NaN junk there must not reach dW_x through dz = 0
-        xs = jnp.where((jnp.arange(t)[:, None] < lengths[None, :])[:, :, None], xs, jnp.zeros_like(xs))
+    xs = zero_padding(xs, lengths)
     if reverse:
         xs = permute_valid_prefix(xs, lengths)
     with jax.named_scope("pallas_lstm_input_projection"):  # as cells.lstm_input_projection, all steps at once
@@ -251,35 +250,14 @@ def pallas_stack(
     Returns:
       ``(ys: [b, t, D*d_h], LSTMCarry(h: [b, L, D, d_h], c: [b, L, D, d_h]))``, float32.
     """
-    b, t, _ = xs.shape
-    num_layers, num_directions = len(params.layers), len(params.layers[0])
     d_h = params.layers[0][0].w_h.shape[0]
-    cfg = _config(b, d_h, call.compute_dtype, block_b, interpret)
-    use_dropout = call.dropout_key is not None
-    if use_dropout:
-        k_between, k_rec = per_example_dropout_keys(call.dropout_key, b, num_layers, num_directions)
-    inputs = jnp.swapaxes(xs, 0, 1)  # [t, b, d_in]
-    finals = []
-    for l, layer in enumerate(params.layers):
-        if l > 0 and use_dropout and call.dropout > 0.0:
-            shape = (1, inputs.shape[-1]) if call.variational_dropout else (t, inputs.shape[-1])
-            mask = jax.vmap(partial(dropout_mask, rate=call.dropout, shape=shape, dtype=inputs.dtype))(k_between[:, l])
-            inputs = inputs * jnp.swapaxes(mask, 0, 1)
-        outputs = []
-        for direction, p in enumerate(layer):
-            if call.initial_state is None:
-                h0 = c0 = jnp.zeros((b, d_h), jnp.float32)
-            else:
-                h0, c0 = call.initial_state.h[:, l, direction], call.initial_state.c[:, l, direction]
-            rmask = None
-            if use_dropout and call.recurrent_dropout > 0.0:
-                draw = partial(dropout_mask, rate=call.recurrent_dropout, shape=(d_h,), dtype=jnp.float32)
-                rmask = jax.vmap(draw)(k_rec[:, l, direction])
-            (h, c), ys = _layer(cfg, p, h0, c0, inputs, call.lengths, direction == 1, rmask)
-            outputs.append(ys)
-            finals.append(LSTMCarry(h, c))
-        inputs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    return jnp.swapaxes(inputs, 0, 1), stack_states(finals, num_layers, num_directions, axis=1)
+    cfg = _config(xs.shape[0], d_h, call.compute_dtype, block_b, interpret)
+
+    def layer_fn(p, carry0, inputs, reverse, rmask):
+        (h, c), ys = _layer(cfg, p, carry0.h, carry0.c, inputs, call.lengths, reverse, rmask)
+        return LSTMCarry(h, c), ys
+
+    return run_network(params, xs, call, layer_fn)
 
 
 def run(

@@ -52,10 +52,12 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from lstm_jax.backends.fused import permute_valid_prefix, unfusable_reason
+from lstm_jax.backends import LayerCall
+from lstm_jax.backends.fused import unfusable_reason
+from lstm_jax.backends.masking import permute_valid_prefix
+from lstm_jax.backends.network import run_network
 from lstm_jax.backends.parallel_scan import JACOBIANS, cell_all, cell_and_jacobian, shift, solve_linear
 from lstm_jax.cells import LSTMCarry, LSTMParams
-from lstm_jax.layers import stack_states
 from lstm_jax.typing import Array
 
 __all__ = ["ParallelInfo", "SolverConfig", "parallel_lstm_layer", "parallel_stack", "run", "unsupported"]
@@ -260,26 +262,16 @@ def parallel_stack(
     Returns:
       ``(ys: [b, t, D*d_h], LSTMCarry(h, c: [b, L, D, d_h]))`` (``+ (infos,)`` with ``return_info``).
     """
-    b = xs.shape[0]
-    num_layers, num_dirs = len(params.layers), len(params.layers[0])
-    inputs = jnp.swapaxes(xs, 0, 1)
-    finals, infos = [], []
-    for l, layer in enumerate(params.layers):
-        outputs = []
-        for d, p in enumerate(layer):
-            d_h, dt = p.w_h.shape[0], p.w_h.dtype
-            if initial_state is None:
-                carry0 = LSTMCarry(jnp.zeros((b, d_h), dt), jnp.zeros((b, d_h), dt))
-            else:
-                carry0 = LSTMCarry(initial_state.h[:, l, d], initial_state.c[:, l, d])
-            final, ys, info = parallel_lstm_layer(
-                p, carry0, inputs, lengths, reverse=(d == 1), config=config, return_info=True
-            )
-            outputs.append(ys)
-            finals.append(final)
-            infos.append(info)
-        inputs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    out = jnp.swapaxes(inputs, 0, 1), stack_states(finals, num_layers, num_dirs, axis=1)
+    infos = []
+
+    def layer_fn(p, carry0, inputs, reverse, rmask):
+        final, ys, info = parallel_lstm_layer(
+            p, carry0, inputs, lengths, reverse=reverse, config=config, return_info=True
+        )
+        infos.append(info)
+        return final, ys
+
+    out = run_network(params, xs, LayerCall(lengths=lengths, initial_state=initial_state), layer_fn)
     return out + (infos,) if return_info else out
 
 
