@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional, Union
 
@@ -40,40 +39,13 @@ from lstm_jax.data import _key_of, data_size, epoch_permutation, take
 from lstm_jax.train import run_state as rs
 from lstm_jax.train.run_state import FitResult, Run
 from lstm_jax.train.state import NonFiniteError, TrainState, init_train_state
-from lstm_jax.train.steps import evaluate_arrays, make_eval_step, make_train_step, prepare_data, run_epoch
+from lstm_jax.train.steps import fit_programs, make_eval_step, prepare_data
 from lstm_jax.typing import PRNGKey, PyTree
 
 __all__ = ["FitResult", "fit"]
 
 
 _jit_permutation = jax.jit(epoch_permutation, static_argnums=2)
-_PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
-
-
-def _fit_programs(loss_fn, optimizer, train_step, mesh, batch_size: int, eval_batch_size: int):
-    """Jitted (step, compiled epoch, evaluation) for ``fit``, cached so that repeated ``fit``
-    calls with the same ``loss_fn``/``optimizer``/``train_step`` objects reuse compilations
-    (resuming in the same process, sweeps, tests)."""
-    key: Optional[tuple] = (loss_fn, optimizer, train_step, mesh, int(batch_size), int(eval_batch_size))
-    try:
-        hit = _PROGRAMS.get(key)  # type: ignore[arg-type]
-    except TypeError:  # unhashable user objects: no caching
-        key, hit = None, None
-    if hit is not None:
-        _PROGRAMS.move_to_end(key)  # type: ignore[arg-type]
-        return hit
-    repl = shd.replicated(mesh)
-    step_fn = train_step or make_train_step(loss_fn, optimizer)
-    eval_step = make_eval_step(loss_fn)
-    jstep = jax.jit(step_fn, out_shardings=repl)
-    epoch_fn = jax.jit(lambda s, d, k, e: run_epoch(step_fn, s, d, k, e, batch_size, mesh=mesh), out_shardings=repl)
-    eval_fn = jax.jit(lambda p, d: evaluate_arrays(eval_step, p, d, eval_batch_size, mesh=mesh), out_shardings=repl)
-    programs = (jstep, epoch_fn, eval_fn)
-    if key is not None:
-        _PROGRAMS[key] = programs
-        while len(_PROGRAMS) > 16:
-            _PROGRAMS.popitem(last=False)
-    return programs
 
 
 def fit(
@@ -275,7 +247,7 @@ def _setup(
     key = _key_of(seed)
     data_key, step_key = jax.random.split(key)
     state = shd.replicate(init_train_state(params, optimizer, step_key), mesh)
-    jstep, epoch_fn, eval_fn = _fit_programs(loss_fn, optimizer, train_step, mesh, batch_size, ebs)
+    jstep, epoch_fn, eval_fn = fit_programs(loss_fn, optimizer, train_step, mesh, batch_size, ebs)
     _check_monitor(monitor, jstep, state, train_host, batch_size, loss_fn, val_host, ebs)
     fingerprint = {
         "n_train": int(n_train),

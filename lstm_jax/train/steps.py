@@ -6,6 +6,7 @@ them. ``loss_fn(params, batch, rng) -> (loss, metrics)`` (or just the loss) is t
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Optional
 
@@ -206,3 +207,33 @@ def prepare_data(train_data: PyTree, val_data: Optional[PyTree], batch_size: int
         if val_host is not None:
             check_finite(val_host, "val_data")
     return train_host, val_host, n_train, nb
+
+
+# --------------------------------------------------------------------------- compiled programs of fit
+_PROGRAMS: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def fit_programs(loss_fn, optimizer, train_step, mesh, batch_size: int, eval_batch_size: int):
+    """Jitted (step, compiled epoch, evaluation) for ``fit``, cached so that repeated ``fit``
+    calls with the same ``loss_fn``/``optimizer``/``train_step`` objects reuse compilations
+    (resuming in the same process, sweeps, tests)."""
+    key: Optional[tuple] = (loss_fn, optimizer, train_step, mesh, int(batch_size), int(eval_batch_size))
+    try:
+        hit = _PROGRAMS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # unhashable user objects: no caching
+        key, hit = None, None
+    if hit is not None:
+        _PROGRAMS.move_to_end(key)  # type: ignore[arg-type]
+        return hit
+    repl = shd.replicated(mesh)
+    step_fn = train_step or make_train_step(loss_fn, optimizer)
+    eval_step = make_eval_step(loss_fn)
+    jstep = jax.jit(step_fn, out_shardings=repl)
+    epoch_fn = jax.jit(lambda s, d, k, e: run_epoch(step_fn, s, d, k, e, batch_size, mesh=mesh), out_shardings=repl)
+    eval_fn = jax.jit(lambda p, d: evaluate_arrays(eval_step, p, d, eval_batch_size, mesh=mesh), out_shardings=repl)
+    programs = (jstep, epoch_fn, eval_fn)
+    if key is not None:
+        _PROGRAMS[key] = programs
+        while len(_PROGRAMS) > 16:
+            _PROGRAMS.popitem(last=False)
+    return programs
