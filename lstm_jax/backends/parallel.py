@@ -9,7 +9,9 @@ a guess ``s^k`` (zeros at first), one iteration linearises every step at once ar
 
 with ``jax.lax.associative_scan`` (O(log t) depth). DEER uses the full Jacobian (O(t d^3));
 here it is quasi-DEER, the diagonal (``jacobian="diag"``), or the 2x2 block of each unit's
-``(h_j, c_j)`` (``"block"``, same O(t d) cost, closer to the true Jacobian). Without damping
+``(h_j, c_j)`` (``"block"``: the same O(t d) order and closer to the true Jacobian, ~35 % fewer
+iterations, but 5-10x the time per iteration on a CPU in ``benchmarks/parallel_in_time.py``, so
+``"diag"`` is the default). Without damping
 the first ``k`` steps are exact after ``k`` iterations, so it converges in at most ``t``.
 
 Damping (a trust region in the spirit of ELK, Gonzalez et al. 2024, reduced to its diagonal
