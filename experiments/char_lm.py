@@ -60,12 +60,6 @@ def parse(argv):
         default=0.1,
         help="dropout between the layers and before the head (default: %(default)s)",
     )
-    p.add_argument(
-        "--impl",
-        choices=("scan", "auto", "fused"),
-        default="scan",
-        help="LSTM layer implementation: fused = the custom-VJP layer, auto = fused for LSTMs (default: %(default)s)",
-    )
     p.add_argument("--order", type=int, default=5, help="n of the n-gram baselines")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.8, 1.0])
     p.add_argument("--sample-chars", type=int, default=400)

@@ -48,7 +48,7 @@ def parse(argv):
 
 def run_task(task, cell, args, out):
     """Run ``experiments/<task>.py`` in this process (as if from the shell) and read its metrics.json."""
-    argv = ["--cell", cell, "--seed", str(args.seed), "--out", str(out)]
+    argv = ["--cell", cell, "--seed", str(args.seed), "--impl", args.impl, "--out", str(out)]
     if args.quick:
         argv.append("--quick")
     elif not args.full:

@@ -99,6 +99,7 @@ def run(args):
         dropout=args.dropout,
         monitor="val_accuracy",
         seed=args.seed,
+        impl=args.impl,
         progress=not args.no_progress,
         desc=f"{args.cell} {ds.name}",
     )

@@ -61,11 +61,11 @@ def parse(argv):
     return args
 
 
-def make_loss(task):
+def make_loss(task, impl="auto"):
     _, _, _, metric, _ = TASKS[task]
 
     def loss_fn(params, batch, rng):
-        out = seqmodel.apply_seq_model(params, batch["x"], unroll=UNROLL)
+        out = seqmodel.apply_seq_model(params, batch["x"], unroll=UNROLL, impl=impl)
         if metric == "mse":
             loss = losses.last_step_mse(out, batch["y"])
             return loss, {"mse": loss}
@@ -102,7 +102,7 @@ def run(args):
             make = jax.jit(partial(gen, batch_size=n_test, length=t))
             eval_sets[task, t] = make(k_val), make(k_test)
         val, test = eval_sets[task, t]
-        loss_fn = make_loss(task)
+        loss_fn = make_loss(task, args.impl)
         evaluate = jax.jit(lambda p, b: loss_fn(p, b, None)[1])
         values = []
         for seed in seeds:

@@ -96,6 +96,7 @@ def run(args):
         embed_init=embed_init,
         weight_decay=1e-4,
         seed=args.seed,
+        impl=args.impl,
         progress=not args.no_progress,
         desc=f"{args.cell} reviews",
     )

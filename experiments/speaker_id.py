@@ -108,6 +108,7 @@ def run(args):
         dropout=args.dropout,
         recurrent_dropout=args.dropout,
         seed=args.seed,
+        impl=args.impl,
         progress=not args.no_progress,
         desc=f"{args.cell} {ds.name}",
     )

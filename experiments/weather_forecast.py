@@ -93,6 +93,7 @@ def run(args):
         lr=args.lr,
         dropout=args.dropout,
         seed=args.seed,
+        impl=args.impl,
         residual=args.residual,
         bagging=args.bagging,
         refit=args.refit and not args.quick,

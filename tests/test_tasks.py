@@ -119,3 +119,27 @@ def test_the_package_reaches_every_module_as_an_attribute():
         assert getattr(lstm_jax.tasks, name).__name__ == f"lstm_jax.tasks.{name}"
     with pytest.raises(ImportError):
         __import__("lstm_jax.experiment")
+
+
+def test_every_experiment_flag_set_offers_every_backend_and_defaults_to_auto():
+    from lstm_jax import backends
+
+    parser = cli.make_parser("demo", "demo")
+    assert parser.parse_args([]).impl == "auto"
+    for name in backends.names():
+        assert parser.parse_args(["--impl", name]).impl == name
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--impl", "nonesuch"])
+    assert e.value.code == 2
+
+
+def test_the_recipes_run_the_backend_auto_picks_and_match_scan():
+    # apply_seq_model's default ("auto") must give what the scan backend gives, and pass impl through
+    params = seqmodel.init_seq_model(jax.random.key(0), cell="lstm", input_size=3, hidden_size=8, output_size=2)
+    xs = jax.random.normal(jax.random.key(1), (4, 6, 3))
+    lengths = jnp.array([6, 1, 3, 5])
+    auto = seqmodel.apply_seq_model(params, xs, lengths=lengths)
+    scan = seqmodel.apply_seq_model(params, xs, lengths=lengths, impl="scan")
+    chex.assert_trees_all_close(auto, scan, atol=1e-5)
+    with pytest.raises(ValueError, match="expected impl in"):
+        seqmodel.apply_seq_model(params, xs, impl="nonesuch")

@@ -84,7 +84,7 @@ def lm_zero_state(params: SeqModel, batch_size: int) -> PyTree:
     return jax.tree_util.tree_map(lambda s: jnp.zeros((batch_size,) + s.shape, s.dtype), zero_state(params.rnn))
 
 
-def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "scan", dropout: float = 0.0) -> tuple:
+def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "auto", dropout: float = 0.0) -> tuple:
     """Truncated-BPTT chunk loss: ``piece = {"x": [b, c] ids, "y": [b, c] next ids}`` from ``carry``.
 
     ``dropout`` (between the layers and on the head's input) applies only when ``rng`` is given.
@@ -107,7 +107,7 @@ def lm_chunk_loss(params: SeqModel, carry, piece: dict, rng, *, impl: str = "sca
     return loss, (carry, {"bits_per_char": losses.bits_per_char(loss)})
 
 
-def make_lm_train_step(optimizer, *, chunk: int, impl: str = "scan", dropout: float = 0.0) -> Callable:
+def make_lm_train_step(optimizer, *, chunk: int, impl: str = "auto", dropout: float = 0.0) -> Callable:
     """TBPTT step over batches ``{"x", "y": [b, k*chunk]}``: ``k`` optimiser updates per call, the
     state carried from chunk to chunk (``lstm_jax.train.make_tbptt_train_step``); ``impl`` and
     ``dropout`` as for ``lm_chunk_loss``."""
@@ -207,7 +207,7 @@ def train_char_lm(
     batch_size: int = 64,
     lr: float = 1e-2,
     dropout: float = 0.1,
-    impl: str = "scan",
+    impl: str = "auto",
     updates: int = 1800,
     max_seconds: Optional[float] = None,
     seed: int = 0,

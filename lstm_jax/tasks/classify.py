@@ -61,13 +61,18 @@ def stratified_split(labels: np.ndarray, fraction: float, *, seed: int = 0) -> t
 
 
 def make_classifier_loss(
-    *, readout: str = "final", dropout: float = 0.0, recurrent_dropout: float = 0.0, label_smoothing: float = 0.0
+    *,
+    readout: str = "final",
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    label_smoothing: float = 0.0,
+    impl: str = "auto",
 ) -> Callable:
     """``loss_fn(params: SeqModel, batch, rng)`` for sequence classification with ``lstm_jax.train.fit``.
 
     ``batch``: ``{"x": [b, t, d] or [b, t] ids, "y": [b] int, "lengths": [b] (optional)}``.
     Loss: softmax cross-entropy (optionally label-smoothed); metric ``accuracy``. Dropout only
-    when ``rng`` is given (training).
+    when ``rng`` is given (training). ``impl``: the layer backend (``lstm_jax.backends``).
     """
     from lstm_jax import losses
 
@@ -81,6 +86,7 @@ def make_classifier_loss(
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             dropout_key=rng,
+            impl=impl,
         )
         if label_smoothing and rng is not None:
             k = logits.shape[-1]
@@ -113,6 +119,7 @@ def train_classifier(
     weight_decay: float = 0.0,
     monitor: str = "val_loss",
     seed: int = 0,
+    impl: str = "auto",
     progress: bool = True,
     desc: str = "",
 ):
@@ -136,7 +143,7 @@ def train_classifier(
     params = jax.jit(init)(jax.random.key(seed))
     if embed_init is not None:
         params = params._replace(embed=jnp.asarray(embed_init, jnp.float32))
-    loss_fn = make_classifier_loss(readout=readout, dropout=dropout, recurrent_dropout=recurrent_dropout)
+    loss_fn = make_classifier_loss(readout=readout, dropout=dropout, recurrent_dropout=recurrent_dropout, impl=impl)
     batch_size = min(batch_size, len(train_set["y"]))
     steps = epochs * (len(train_set["y"]) // batch_size)
     optimizer = train_lib.make_optimizer(

@@ -48,14 +48,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def make_parser(name: str, description: str, *, default_cell: Optional[str] = "lstm") -> ArgumentParser:
-    """The flags every experiment takes: ``--quick --cell --seed --out --no-progress``.
+    """The flags every experiment takes: ``--quick --cell --seed --impl --out --no-progress``.
 
-    ``--out`` defaults to ``results/<name>``; scripts add their own flags on top.
+    ``--impl`` (default ``"auto"``: the backend ``lstm_jax.backends.choose`` picks for the
+    platform the script runs on, so the same command is fast on CPU and GPU) is passed to the
+    recurrent layers; ``--out`` defaults to ``results/<name>``; scripts add their own flags on top.
     """
+    from lstm_jax import backends
+
     parser = ArgumentParser(prog=f"{name}.py", description=description)
     parser.add_argument("--quick", action="store_true", help="tiny run (< 60 s) for smoke tests")
     parser.add_argument("--cell", choices=CELLS, default=default_cell, help="recurrent cell (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--impl",
+        choices=("auto", *backends.names()),
+        default="auto",
+        help="recurrent layer backend; auto picks by platform and params (default: %(default)s)",
+    )
     parser.add_argument("--out", default=os.path.join("results", name), help="output folder (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -152,15 +152,21 @@ def forecast_baselines(data: ForecastData) -> dict:
 
 
 def forecast_member_apply(
-    params: SeqModel, x: Array, rng: Optional[PRNGKey], *, dropout: float = 0.0, residual: bool = False
+    params: SeqModel,
+    x: Array,
+    rng: Optional[PRNGKey],
+    *,
+    dropout: float = 0.0,
+    residual: bool = False,
+    impl: str = "auto",
 ) -> Array:
     """One forecaster: ``x [b, w, f]`` (scaled, target in column 0) -> ``[b, 1]`` scaled target.
 
     Dropout (variational on ``h`` and on the head input) only with ``rng``; with ``residual``
-    the network predicts the change from the last observed value.
+    the network predicts the change from the last observed value; ``impl``: the layer backend.
     """
     rng = None if rng is None else as_key(rng, "rng")
-    out = apply_seq_model(params, x, dropout=dropout, recurrent_dropout=dropout, dropout_key=rng)
+    out = apply_seq_model(params, x, dropout=dropout, recurrent_dropout=dropout, dropout_key=rng, impl=impl)
     return out + x[:, -1, :1] if residual else out
 
 
@@ -190,6 +196,7 @@ def train_forecast_ensemble(
     residual: bool = False,
     bagging: bool = False,
     refit: bool = True,
+    impl: str = "auto",
     progress: bool = True,
     desc: str = "",
 ) -> ForecastEnsemble:
@@ -202,7 +209,7 @@ def train_forecast_ensemble(
     d_in = data.train["x"].shape[-1]
     init_fn = partial(init_seq_model, cell=cell, input_size=d_in, hidden_size=hidden, output_size=1)
     params = init_ensemble(init_fn, jax.random.key(seed), ensemble)
-    apply = partial(forecast_member_apply, dropout=dropout, residual=residual)
+    apply = partial(forecast_member_apply, dropout=dropout, residual=residual, impl=impl)
     loss_fn = make_ensemble_regression_loss(apply, bagging=bagging)
 
     def optimizer(n_rows, n_epochs):

@@ -4,6 +4,7 @@
 
     {"task": ..., "command": "python experiments/...", "config": {...}, "wall_time_s": ...,
      "platform": "cpu" / "gpu" / "tpu", "device": e.g. "cpu" or "NVIDIA H200",
+     "auto_backends": what ``impl="auto"`` tries on this platform, in order,
      "results": [{"task", "dataset", "model", "metric", "split", "value", ...extra}, ...],
      ...extra top-level keys (history, and for step-budgeted runs
         "updates", "updates_planned", "stopped_early")}
@@ -21,6 +22,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from lstm_jax import backends
 from lstm_jax.tasks.cli import Timer
 from lstm_jax.typing import PyTree
 
@@ -113,6 +115,7 @@ class Results:
                 "wall_time_s": round(self.timer(), 2),
                 "platform": jax.default_backend(),
                 "device": jax.devices()[0].device_kind,
+                "auto_backends": list(backends.AUTO_ORDER.get(jax.default_backend(), ("scan",))),
                 "results": self.rows,
                 **self.extra,
             }

@@ -102,7 +102,7 @@ def apply_seq_model(
     return_state: bool = False,
     unroll: int = 1,
     hoist: int = 0,
-    impl: str = "scan",
+    impl: str = "auto",
 ):
     """Run the network on a batch and apply the head.
 
@@ -116,7 +116,8 @@ def apply_seq_model(
         variational dropout on ``h``; both only when ``dropout_key`` is given.
       initial_state / return_state: carry a state across calls (truncated BPTT, sampling).
       unroll, hoist, impl: passed to the layer (scan unroll factor, input projection chunking,
-        ``"scan"`` or the fused LSTM layer; ``"auto"`` fuses plain LSTMs, scans other cells).
+        the backend: ``"auto"`` (default) picks by platform and params, see
+        ``lstm_jax.backends.choose``; any name in ``lstm_jax.backends.names()``).
 
     Returns:
       outputs (and the final state when ``return_state``).
