@@ -96,6 +96,11 @@ register(
 register(
     "pallas", "pallas", "plain/peephole LSTMs: time loop inside one Pallas kernel (Triton on GPU, interpret on CPU)"
 )
+register(
+    "cpu_kernel",
+    "cpu_kernel",
+    "plain float32 LSTMs on CPU: the recurrence in a C++ XLA FFI kernel (OpenBLAS GEMM + fused gates), custom VJP",
+)
 
 # impl="auto": per platform, the first of these that supports the call (see ``choose``).
 # CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast

@@ -1,0 +1,129 @@
+"""Building and loading the CPU kernel of ``impl="cpu_kernel"`` (``csrc/lstm_cpu.cc``).
+
+The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped with jaxlib)
+and OpenBLAS from the ``scipy-openblas32`` wheel (the ``cpu-kernel`` extra). It is compiled
+with the system ``g++`` (or ``$CXX``) the first time it is needed -- or ahead of time with
+``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
+folder keyed by the source, the flags, jaxlib's version and the BLAS
+(``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``), and loaded with ``ctypes``. Compiling at
+first use rather than at ``pip install`` time keeps the package a pure-Python wheel that installs
+without a compiler and without jaxlib in the build environment; the compiled library is reused
+across processes.
+
+Without a compiler or the BLAS wheel nothing fails at import: ``status()`` says why the kernel is
+missing, ``impl="cpu_kernel"`` raises that reason, and ``impl="auto"`` runs the XLA backends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import jax
+
+__all__ = ["KernelStatus", "SOURCE", "TARGETS", "build", "status"]
+
+SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
+# FFI target name -> exported handler symbol
+TARGETS = {
+    "lstm_jax_cpu_forward": "LstmCpuForward",
+    "lstm_jax_cpu_forward_train": "LstmCpuForwardTrain",
+    "lstm_jax_cpu_backward": "LstmCpuBackward",
+}
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+class KernelStatus(NamedTuple):
+    """Whether the CPU kernel is loaded (``ok``), the library's path, and otherwise why not."""
+
+    ok: bool
+    path: Optional[str]
+    reason: Optional[str]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LSTM_JAX_CACHE", Path.home() / ".cache" / "lstm_jax")) / "kernels"
+
+
+def _blas():
+    try:
+        import scipy_openblas32 as blas  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return blas
+
+
+def _compiler() -> Optional[str]:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _command(cxx: str, blas, out: Path) -> list:
+    lib = blas.get_lib_dir()
+    return [
+        cxx,
+        *FLAGS,
+        f"-I{jax.ffi.include_dir()}",
+        f"-I{blas.get_include_dir()}",
+        str(SOURCE),
+        f"-L{lib}",
+        f"-l{blas.get_library()}",
+        f"-Wl,-rpath,{lib}",
+        "-o",
+        str(out),
+    ]
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernel (unless a build for this source, flags, jaxlib and BLAS is cached) and
+    return the shared library's path.
+
+    Raises:
+      RuntimeError: no compiler, no ``scipy-openblas32``, or the compiler failed (its output).
+    """
+    cxx, blas = _compiler(), _blas()
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler: {os.environ.get('CXX', 'g++')!r} is not on PATH")
+    if blas is None:
+        raise RuntimeError("scipy-openblas32 is not installed (pip install 'lstm_jax[cpu-kernel]')")
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), *FLAGS, importlib.metadata.version("jaxlib"), blas.__version__, cxx]).encode()
+    ).hexdigest()[:16]
+    out = _cache_dir() / key / "liblstm_jax_cpu.so"
+    if out.exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        part = Path(tmp) / out.name
+        proc = subprocess.run(_command(cxx, blas, part), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-2000:]}")
+        os.replace(part, out)  # atomic: concurrent builders never see a partial file
+    return out
+
+
+@functools.cache
+def status() -> KernelStatus:
+    """Build (if needed), load and register the kernel's FFI targets once per process."""
+    try:
+        path = build()
+        lib = ctypes.cdll.LoadLibrary(str(path))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except (RuntimeError, OSError, AttributeError) as e:
+        return KernelStatus(False, None, f"the CPU kernel is not available: {e}")
+    return KernelStatus(True, str(path), None)
+
+
+if __name__ == "__main__":
+    s = status()
+    print(f"CPU kernel: {s.path}" if s.ok else s.reason)
+    sys.exit(0 if s.ok else 1)

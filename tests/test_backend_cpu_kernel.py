@@ -1,0 +1,147 @@
+"""impl="cpu_kernel" (the C++ XLA FFI kernel) against the reference impl="scan": outputs, final
+states and gradients, fuzzed over shapes and lengths; vmap; the inference path; and what happens
+where the kernel cannot be built."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lstm_jax import backends
+from lstm_jax.backends import LayerCall, cpu_build, cpu_kernel
+from lstm_jax.cells import LSTMCarry
+from lstm_jax.layers import init_gru, init_lstm, lstm
+
+TOL = {"atol": 2e-5, "rtol": 2e-5}
+
+
+def _problem(b, t, d_in, d_h, num_layers, bidirectional, lengths, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 6)
+    params = init_lstm(keys[0], d_in, d_h, num_layers=num_layers, bidirectional=bidirectional)
+    xs = jax.random.normal(keys[1], (b, t, d_in))
+    shape = (b, num_layers, 2 if bidirectional else 1, d_h)
+    state = LSTMCarry(0.5 * jax.random.normal(keys[2], shape), 0.5 * jax.random.normal(keys[3], shape))
+    cts = (jax.random.normal(keys[4], (b, t, shape[2] * d_h)), jax.random.normal(keys[5], (2,) + shape))
+    if lengths is not None:
+        lengths = jnp.asarray(lengths, jnp.int32)
+        pad = jnp.arange(t)[None, :, None] >= lengths[:, None, None]
+        xs = jnp.where(pad, jnp.nan, xs)  # junk in the padding must not reach outputs or gradients
+    return params, xs, state, lengths, cts
+
+
+def _loss_and_grads(impl, params, xs, state, cts, kwargs):
+    def loss(p, x, s):
+        ys, final = backends.run(impl, p, x, LayerCall(initial_state=s, **kwargs))
+        return jnp.sum(ys * cts[0]) + jnp.sum(final.h * cts[1][0]) + jnp.sum(final.c * cts[1][1]), (ys, final)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+
+
+def _close(a, b, **tol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, x.dtype, y.shape, y.dtype)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def test_the_kernel_builds_here():
+    # CI installs the cpu-kernel extra and has g++: a missing kernel there is a failure, not a skip
+    status = cpu_build.status()
+    assert status.ok, status.reason
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    b=st.integers(1, 5),
+    t=st.integers(1, 9),
+    d_h=st.sampled_from([1, 3, 8, 17]),
+    num_layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    with_lengths=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_fuzzed_shapes_and_lengths_match_scan(b, t, d_h, num_layers, bidirectional, with_lengths, seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, t + 1, size=b) if with_lengths else None
+    params, xs, state, lengths, cts = _problem(b, t, 3, d_h, num_layers, bidirectional, lengths, seed)
+    kwargs = {"lengths": lengths}
+    (_, (ys_ref, fin_ref)), g_ref = _loss_and_grads("scan", params, xs, state, cts, kwargs)
+    (_, (ys, fin)), g = _loss_and_grads("cpu_kernel", params, xs, state, cts, kwargs)
+    _close((ys, fin), (ys_ref, fin_ref), **TOL)
+    if lengths is not None:  # exact zeros past each length
+        assert not np.any(np.asarray(ys)[np.arange(t)[None, :] >= np.asarray(lengths)[:, None]])
+    _close(g, g_ref, **TOL)  # params, inputs (NaN where padded, as scan), initial state
+
+
+def test_dropout_masks_are_those_of_scan():
+    params, xs, state, lengths, cts = _problem(3, 6, 3, 5, 2, True, [6, 1, 4])
+    kwargs = {
+        "lengths": lengths,
+        "dropout": 0.3,
+        "recurrent_dropout": 0.25,
+        "variational_dropout": True,
+        "dropout_key": jax.random.key(7),
+    }
+    (_, out_ref), g_ref = _loss_and_grads("scan", params, xs, state, cts, kwargs)
+    (_, out), g = _loss_and_grads("cpu_kernel", params, xs, state, cts, kwargs)
+    _close(out, out_ref, **TOL)
+    _close(g, g_ref, **TOL)
+
+
+def test_inference_path_and_public_entry_point():
+    params, xs, _, _, _ = _problem(4, 7, 3, 6, 1, False, None)
+    run = jax.jit(lambda p, x: lstm(p, x, impl="cpu_kernel"))
+    _close(run(params, xs), lstm(params, xs, impl="scan"), **TOL)
+
+
+def test_vmap_over_members_values_and_gradients():
+    members = jax.vmap(lambda k: init_lstm(k, 3, 8))(jax.random.split(jax.random.key(3), 4))
+    xs = jax.random.normal(jax.random.key(4), (5, 6, 3))
+    lengths = jnp.array([6, 2, 1, 5, 3])
+
+    def grads(impl):
+        loss = lambda p: jnp.sum(jnp.sin(lstm(p, xs, lengths=lengths, impl=impl)[0]))
+        return jax.jit(jax.vmap(jax.value_and_grad(loss)))(members)
+
+    _close(grads("cpu_kernel"), grads("scan"), **TOL)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda k: init_lstm(k, 3, 4, layer_norm=True), "ln"),
+        (lambda k: init_lstm(k, 3, 4, peephole=True), "w_peep"),
+        (lambda k: init_gru(k, 3, 4), "GRUParams"),
+        (lambda k: init_lstm(k, 3, 4, dtype=jnp.bfloat16), "only float32 weights"),
+    ],
+)
+def test_unsupported_cells_are_refused_with_a_reason(make, match):
+    params = make(jax.random.key(0))
+    xs = jnp.ones((2, 3, 3))
+    assert match in cpu_kernel.unsupported(params, xs, LayerCall())
+    assert "bfloat16" in cpu_kernel.unsupported(
+        init_lstm(jax.random.key(0), 3, 4), xs, LayerCall(compute_dtype=jnp.bfloat16)
+    )
+
+
+def test_without_a_compiler_the_backend_says_why_and_auto_runs_xla(monkeypatch, tmp_path):
+    monkeypatch.setenv("LSTM_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler: 'no-such-compiler-here' is not on PATH"):
+        cpu_build.build()
+    missing = cpu_build.KernelStatus(False, None, "the CPU kernel is not available: no C++ compiler")
+    monkeypatch.setattr(cpu_build, "status", lambda: missing)
+    params, xs = init_lstm(jax.random.key(0), 3, 4), jnp.ones((2, 3, 3))
+    with pytest.raises(ValueError, match="impl='cpu_kernel' cannot run this call: the CPU kernel is not available"):
+        lstm(params, xs, impl="cpu_kernel")
+    assert backends.choose(params, xs, LayerCall(), platform="cpu") != "cpu_kernel"
+    _close(lstm(params, xs, impl="auto"), lstm(params, xs, impl="scan"), **TOL)
+
+
+def test_a_failed_compile_reports_the_compiler_output(monkeypatch, tmp_path):
+    monkeypatch.setenv("LSTM_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that exits 1
+    with pytest.raises(RuntimeError, match="compiling lstm_cpu.cc failed"):
+        cpu_build.build(force=True)
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left for a later load
