@@ -44,7 +44,7 @@ def make_task(n_rows: int, window: int, seed: int = 0):
     return prepare_windows(series, window=window, target_cols=[0], val_fraction=0.15, test_fraction=0.0)
 
 
-def make_model(hidden: int, features: int):
+def make_model(hidden: int, features: int, impl: str = "scan"):
     def init_fn(key):
         k1, k2 = jax.random.split(key)
         return {
@@ -54,7 +54,7 @@ def make_model(hidden: int, features: int):
         }
 
     def loss_fn(params, batch, rng):
-        ys, _ = lstm_jax.lstm(params["rnn"], batch["x"])
+        ys, _ = lstm_jax.lstm(params["rnn"], batch["x"], impl=impl)
         pred = ys[:, -1] @ params["w"] + params["b"][None, :]
         return losses.last_step_mse(pred, batch["y"]), {"mae": losses.mae(pred, batch["y"])}
 
@@ -65,9 +65,11 @@ def _block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 
 
-def run(members: int, epochs: int, hidden: int, batch_size: int, rows: int, window: int, repeats: int) -> dict:
+def run(
+    members: int, epochs: int, hidden: int, batch_size: int, rows: int, window: int, repeats: int, impl: str = "scan"
+) -> dict:
     splits = make_task(rows, window)
-    init_fn, loss_fn = make_model(hidden, splits.train["x"].shape[-1])
+    init_fn, loss_fn = make_model(hidden, splits.train["x"].shape[-1], impl)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=3e-3, warmup_steps=10, cosine_decay=True)
     train = make_train(config, loss_fn, init_fn, splits.train, splits.val)
     keys = jnp.stack([jax.random.key(i) for i in range(members)])
@@ -106,6 +108,7 @@ def run(members: int, epochs: int, hidden: int, batch_size: int, rows: int, wind
         "epochs": epochs,
         "steps_per_member": steps,
         "hidden": hidden,
+        "impl": impl,
         "batch_size": batch_size,
         "train_windows": int(splits.train["x"].shape[0]),
         "window": window,
@@ -149,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 members, 2 epochs, 1 repeat")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
+    parser.add_argument("--impl", default="scan", help="the layer backend of both sides (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = _sizes(args.sizes)
     if args.quick:
@@ -156,7 +160,7 @@ def main(argv=None):
         sizes = [(8, 4), (16, 8)]
     runs = []
     for batch_size, hidden in sizes:
-        runs.append(run(args.members, args.epochs, hidden, batch_size, args.rows, args.window, args.repeats))
+        runs.append(run(args.members, args.epochs, hidden, batch_size, args.rows, args.window, args.repeats, args.impl))
         r = runs[-1]
         print(
             f"batch {batch_size:4d} hidden {hidden:4d}: {args.members} sequential {r['sequential_s']:.3f} s, "

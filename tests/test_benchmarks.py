@@ -131,3 +131,42 @@ def test_ensemble_rejects_bad_sizes():
         timeout=120,
     )
     assert proc.returncode != 0 and "batch:hidden" in proc.stderr
+
+
+def test_cpu_speed_quick_run_tabulates_every_backend_against_its_peers(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_speed.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "cpu_speed.json").read_text())
+    assert set(report["results"]) == {"tiny", "tiny_3l"}
+    for res in report["results"].values():
+        assert {"torch", "flax_linen", "ours_scan", "ours_fused", "ours_cpu_kernel", "ours_auto"} <= set(res)
+        assert all(res[k][m] > 0 for k in res if k != "cfg" for m in ("fwd", "train"))
+    table = (tmp_path / "cpu_speed.md").read_text()
+    assert table.count("| tiny") == 4 and "cpu_kernel ms (x torch, x flax)" in table
+
+
+def test_ensemble_runs_with_the_cpu_kernel(tmp_path):
+    out = tmp_path / "ensemble.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "ensemble.py"),
+            "--quick",
+            "--impl",
+            "cpu_kernel",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for run in json.loads(out.read_text())["runs"]:
+        assert run["impl"] == "cpu_kernel" and run["max_best_val_diff_vmapped_vs_sequential"] < 1e-5

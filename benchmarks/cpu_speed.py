@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""CPU speed of the LSTM backends against torch nn.LSTM and flax linen, 1- and 3-layer networks.
+
+    python benchmarks/cpu_speed.py                 # run on a quiet machine (minutes)
+    python benchmarks/cpu_speed.py --quick         # tiny end-to-end run of the harness (CI)
+    python benchmarks/cpu_speed.py --configs small,medium_3l --reps 9 --out DIR
+
+Contenders per config ``(B, T, D, H, layers)``: torch ``nn.LSTM(num_layers=L)`` (oneDNN,
+``torch.set_num_threads(cores)``), flax linen ``L x nn.RNN(nn.OptimizedLSTMCell)``, and lstm_jax
+``lstm(...)`` with ``impl`` = ``scan``, ``fused``, ``cpu_kernel`` and ``auto`` (what
+``backends.choose`` picks here). A forward pass is the network's outputs; a train step is
+value and gradient of a mean-squared loss of the outputs, then an Adam update. All contenders of
+a config are compiled and warmed first, then timed interleaved round-robin (the start rotates),
+``--reps`` times each; medians. float32. Writes ``DIR/cpu_speed.json`` and ``DIR/cpu_speed.md``
+(ms, and each of ours as a speed ratio to torch and to flax: > 1 is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from functools import partial
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_peers  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import lstm_jax  # noqa: E402
+from lstm_jax import backends  # noqa: E402
+
+CONFIGS = {  # B, T, D, H, layers
+    "small": (16, 128, 16, 64, 1),
+    "medium": (64, 256, 64, 256, 1),
+    "long": (8, 4096, 8, 64, 1),
+    "small_3l": (16, 128, 16, 64, 3),
+    "medium_3l": (64, 256, 64, 256, 3),
+}
+QUICK_CONFIGS = {"tiny": (4, 16, 4, 8, 1), "tiny_3l": (4, 16, 4, 8, 3)}
+OURS = ("scan", "fused", "cpu_kernel", "auto")
+
+
+def build_ours(cfg, jit, impl):
+    b, t, d, h, layers = cfg
+    params = jit(partial(lstm_jax.init_lstm, input_size=d, hidden_size=h, num_layers=layers))(jax.random.key(0))
+    return bench_peers._jax_fns(lambda p, xs: lstm_jax.lstm(p, xs, impl=impl)[0], params, cfg[:4], jit)
+
+
+def build_flax(cfg, jit):
+    from flax import linen as nn
+
+    b, t, d, h, layers = cfg
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, xs):
+            for _ in range(layers):
+                xs = nn.RNN(nn.OptimizedLSTMCell(h))(xs)
+            return xs
+
+    model = Stack()
+    xs, _ = bench_peers._data(cfg[:4])
+    params = jit(model.init)(jax.random.key(0), jnp.asarray(xs))
+    return bench_peers._jax_fns(model.apply, params, cfg[:4], jit)
+
+
+def build_torch(cfg):
+    import torch
+
+    b, t, d, h, layers = cfg
+    torch.manual_seed(0)
+    layer = torch.nn.LSTM(d, h, num_layers=layers, batch_first=True)
+    xs_np, target_np = bench_peers._data(cfg[:4])
+    xs, target = torch.from_numpy(xs_np), torch.from_numpy(target_np)
+    opt = torch.optim.Adam(layer.parameters(), lr=bench_peers.LR)
+
+    def fwd():
+        with torch.inference_mode():
+            return layer(xs)[0]
+
+    def train():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.mean((layer(xs)[0] - target) ** 2)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    fwd(), train()
+    return {"fwd": fwd, "train": train}
+
+
+def contenders(cfg, jit) -> dict:
+    out = {"torch": build_torch(cfg), "flax_linen": build_flax(cfg, jit)}
+    for impl in OURS:
+        out[f"ours_{impl}"] = build_ours(cfg, jit, impl)
+    return out
+
+
+def time_round_robin(cands: dict, reps: int) -> dict:
+    order = [(name, mode) for name in cands for mode in ("fwd", "train")]
+    times: dict = {key: [] for key in order}
+    for r in range(reps):
+        shift = r % len(order)
+        for name, mode in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            cands[name][mode]()
+            times[(name, mode)].append((time.perf_counter() - start) * 1e3)
+    out: dict = {}
+    for (name, mode), ts in times.items():
+        out.setdefault(name, {})[mode] = statistics.median(ts)
+    return out
+
+
+def markdown(results: dict, machine: dict) -> str:
+    lines = [
+        f"CPU speed, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
+        f"jax {machine['jax']}, torch {machine['torch']}; medians of {machine['reps']} interleaved runs; "
+        f"`auto` = {machine['auto']}.",
+        "",
+        "| config (B, T, D, H, L) | mode | torch ms | flax ms | "
+        + " | ".join(f"{i} ms (x torch, x flax)" for i in OURS)
+        + " |",
+        "|---|---|---:|---:|" + "---:|" * len(OURS),
+    ]
+    for name, res in results.items():
+        for mode in ("fwd", "train"):
+            t, f = res["torch"][mode], res["flax_linen"][mode]
+            cells = [
+                f"{res[f'ours_{i}'][mode]:.2f} ({t / res[f'ours_{i}'][mode]:.2f}, {f / res[f'ours_{i}'][mode]:.2f})"
+                for i in OURS
+            ]
+            lines.append(f"| {name} {tuple(res['cfg'])} | {mode} | {t:.2f} | {f:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny end-to-end run (CI): timings mean nothing")
+    parser.add_argument("--configs", default=None, help=f"comma list of {','.join(CONFIGS)}")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 2)")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.configs:
+        unknown = [c for c in args.configs.split(",") if c not in configs]
+        if unknown:
+            parser.error(f"expected --configs among {list(configs)}, got {unknown}")
+        configs = {c: configs[c] for c in args.configs.split(",")}
+    reps = args.reps or (2 if args.quick else 7)
+    jit = partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0}) if args.quick else jax.jit
+    params0 = lstm_jax.init_lstm(jax.random.key(0), 4, 8)
+    machine = {
+        "cores": os.cpu_count(),
+        "torch_threads": args.torch_threads,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "reps": reps,
+        "auto": backends.choose(params0, jnp.ones((2, 3, 4)), backends.LayerCall()),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    results = {}
+    for name, cfg in configs.items():
+        print(f"{name} {cfg}: building", flush=True)
+        res = time_round_robin(contenders(cfg, jit), reps)
+        results[name] = {"cfg": list(cfg), **res}
+        print("  " + ", ".join(f"{k} {v['fwd']:.2f}/{v['train']:.2f} ms" for k, v in res.items()), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    report = {"machine": machine, "results": results}
+    with open(os.path.join(args.out, "cpu_speed.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    table = markdown(results, machine)
+    with open(os.path.join(args.out, "cpu_speed.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
