@@ -75,3 +75,18 @@ def test_every_backend_matches_scan_or_says_why_not(name):
     got = backends.run(name, params, XS, call)
     for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fused", "cpu_kernel", "auto"])
+def test_forward_mode_through_a_custom_vjp_backend_names_scan(name):
+    params = init_lstm(KEY, 4, 5)
+    f = lambda impl: lambda x: lstm_jax.lstm(params, x, impl=impl)[0]  # noqa: E731
+    if name == "auto" and backends.choose(params, XS, LayerCall()) == "scan":
+        pytest.fail("expected auto to pick a custom-VJP backend for a plain LSTM on CPU")
+    with pytest.raises(TypeError, match="use impl='scan' for forward-mode AD"):
+        jax.jvp(f(name), (XS,), (XS,))
+    # scan gives forward-mode derivatives, equal to reverse mode (a linear functional of both)
+    _, tangent = jax.jvp(f("scan"), (XS,), (jnp.ones_like(XS),))
+    _, vjp = jax.vjp(f(name), XS)
+    (cot,) = vjp(jnp.ones_like(tangent))
+    np.testing.assert_allclose(float(jnp.sum(tangent)), float(jnp.sum(cot)), rtol=1e-4)

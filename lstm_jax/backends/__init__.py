@@ -173,9 +173,23 @@ def resolve(impl: str, params, xs, call: LayerCall) -> str:
 
 
 def run(impl: str, params, xs: Array, call: LayerCall) -> tuple[Array, PyTree]:
-    """Run the network ``params`` over ``xs: [b, t, d_in]`` with backend ``impl`` (or ``"auto"``)."""
+    """Run the network ``params`` over ``xs: [b, t, d_in]`` with backend ``impl`` (or ``"auto"``).
+
+    Raises:
+      TypeError: forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) of a
+        backend with a custom VJP, naming ``impl="scan"`` as the way to do it.
+    """
     backend = get(resolve(impl, params, xs, call))
-    return _module(backend).run(params, xs, call, **dict(backend.options))
+    try:
+        return _module(backend).run(params, xs, call, **dict(backend.options))
+    except TypeError as e:
+        if "forward-mode" not in str(e):
+            raise
+        raise TypeError(
+            f"impl={impl!r} ran backend {backend.name!r}, a custom VJP, which supports reverse-mode "
+            "differentiation (jax.grad, jax.vjp) only; use impl='scan' for forward-mode AD (jax.jvp, "
+            "jax.jacfwd, jax.hessian)"
+        ) from e
 
 
 def describe() -> str:

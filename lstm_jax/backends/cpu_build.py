@@ -39,7 +39,7 @@ TARGETS = {
     "lstm_jax_cpu_forward_train": "LstmCpuForwardTrain",
     "lstm_jax_cpu_backward": "LstmCpuBackward",
 }
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
 class KernelStatus(NamedTuple):

@@ -5,7 +5,8 @@
 // (gates = zx_t + (h * mask) W_h) and the gate nonlinearities and state update in one
 // vectorised loop. Lengths: past lengths[b] the carry is frozen and the outputs are zero.
 // Leading axes before [t, b, .] are independent problems (jax.vmap with
-// vmap_method="broadcast_all": ensemble members), each with its own W_h.
+// vmap_method="broadcast_all": ensemble members), each with its own W_h; they run in parallel
+// (OpenMP threads, one member per thread at a time).
 //
 // Forward inputs:  zx [..., t, b, 4h], w_h [..., h, 4h], h0 [..., b, h], c0 [..., b, h],
 //                  lengths [..., b] int32, mask [..., b, h]
@@ -165,6 +166,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> w_h, ffi::Buf
   Dims d;
   if (auto e = get_dims(zx, w_h, &d); e.failure()) return e;
   const int64_t B = d.b, H = d.h, G = 4 * d.h, T = d.t;
+#pragma omp parallel for schedule(static) if (d.members > 1)
   for (int64_t m = 0; m < d.members; ++m) {
     forward_one(d, zx.typed_data() + m * T * B * G, w_h.typed_data() + m * H * G, h0.typed_data() + m * B * H,
                 c0.typed_data() + m * B * H, lengths.typed_data() + m * B, mask.typed_data() + m * B * H,
@@ -196,6 +198,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::
   Dims d;
   if (auto e = get_dims(acts, w_h, &d); e.failure()) return e;
   const int64_t B = d.b, H = d.h, G = 4 * d.h, T = d.t;
+#pragma omp parallel for schedule(static) if (d.members > 1)
   for (int64_t m = 0; m < d.members; ++m) {
     backward_one(d, w_h.typed_data() + m * H * G, acts.typed_data() + m * T * B * G, cs.typed_data() + m * T * B * H,
                  c0.typed_data() + m * B * H, lengths.typed_data() + m * B, mask.typed_data() + m * B * H,
