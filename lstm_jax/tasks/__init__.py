@@ -17,6 +17,7 @@ Applications:
   classify  sequence classification (handwriting.py, speaker_id.py, sentiment.py)
   text      tokenisation, word vocabularies, PPMI-SVD word vectors (sentiment.py)
   char_lm   character language models with truncated BPTT (char_lm.py)
+  music     Bach chorales: piano rolls, next-frame model, baselines, MIDI (music.py)
 
 Use the modules by name: ``from lstm_jax.tasks import forecast; forecast.forecast_data(...)``.
 """
@@ -28,9 +29,10 @@ from lstm_jax.tasks import (
     compare,
     forecast,
     loops,
+    music,
     results,
     seqmodel,
     text,
 )
 
-__all__ = ["char_lm", "classify", "cli", "compare", "forecast", "loops", "results", "seqmodel", "text"]
+__all__ = ["char_lm", "classify", "cli", "compare", "forecast", "loops", "music", "results", "seqmodel", "text"]
