@@ -126,8 +126,7 @@ def run(args):
     res.extra["history"] = lm.history
 
     samples = char_lm.lm_samples(lm.params, data.vocab, PROMPT, sample_chars, args.temperatures)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "samples.txt").write_text("\n\n".join(samples) + "\n", encoding="utf-8")
+    results.write_text(Path(args.out) / "samples.txt", "\n\n".join(samples) + "\n")
     results.finish(
         res,
         args.out,

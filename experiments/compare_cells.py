@@ -98,9 +98,8 @@ def main(argv=None):
     cells = [c for c in cli.CELLS if any(c in r for r in rows)] or list(args.cells)
     table = compare.cells_markdown(rows, cells=cells)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     budget = "collected" if args.collect else ("quick" if args.quick else ("full" if args.full else "reduced"))
-    (out / "cells.md").write_text(f"<!-- budget: {budget} -->\n" + table + "\n")
+    results.write_text(out / "cells.md", f"<!-- budget: {budget} -->\n" + table + "\n")
     plot(rows, cells, out / "cells.png")
     res.extra = {"table": rows}
     res.write(out)

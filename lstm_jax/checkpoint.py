@@ -8,11 +8,20 @@ A checkpoint is one orbax step directory ``<directory>/<step>/`` with two items:
   leaf's bytes, and any user metadata (e.g. the data-iterator position);
 
 plus ``lstm_jax_manifest.json``, the SHA-256 of every file of the step, written (atomically)
-once orbax has finalised the step.
+once orbax has finalised the step. The manifest is the commit mark: a step counts (is listed
+by ``all_steps``/``latest_step``) only once its manifest is there.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a process
-killed mid-save leaves no step behind (``latest_step`` never sees it); a process killed between
-the rename and the manifest leaves a step without manifest, which counts as partial.
+killed mid-save leaves no step behind; a process killed between the rename and the manifest
+leaves a step without manifest, which is never listed (a reader polling the directory never
+sees a partial step) and is moved aside (``quarantine``) by the next save of that step or by a
+resuming ``fit``.
+
+Several processes (``jax.distributed``): every process calls ``save``/``restore`` with the same
+arguments in the same order, on a directory they all see, as orbax requires; orbax writes each
+array once (replicated arrays from process 0), process 0 writes the manifest, and ``save``
+returns on every process once the step is complete. Restored leaves are host NumPy arrays of
+the GLOBAL values, so a checkpoint written by N processes restores in any number of them.
 ``restore`` checks the file manifest BEFORE handing anything to orbax, then the array checksum,
 and raises ``CheckpointError`` for a checkpoint that is partial, garbled, or written for a
 differently shaped tree: a damaged checkpoint is detected, never loaded.
@@ -111,7 +120,16 @@ def _write_manifest(step_dir: Path) -> None:
 
 
 def _host_leaves(arrays: dict) -> list:
-    return [np.asarray(jax.device_get(arrays[k])) for k in sorted(arrays)]
+    """Global values as NumPy (arrays split over processes are all-gathered: every process calls it)."""
+    from lstm_jax.distributed import gather
+
+    return [gather(arrays[k]) for k in sorted(arrays)]
+
+
+def _barrier(name: str) -> None:
+    from lstm_jax.distributed import barrier
+
+    barrier(name)
 
 
 class CheckpointStore:
@@ -131,7 +149,16 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ listing
     def all_steps(self) -> list:
-        """Finalised steps present on disk, ascending (partial/temporary saves never appear)."""
+        """Complete steps on disk (finalised by orbax AND with their manifest), ascending;
+        partial/temporary saves never appear."""
+        return [s for s in self._finalized_steps() if (self.directory / str(s) / MANIFEST).is_file()]
+
+    def pending_steps(self) -> list:
+        """Steps orbax finalised whose manifest is missing: a save in progress, or one killed
+        between orbax's rename and the manifest (never restored; ``quarantine`` moves them)."""
+        return [s for s in self._finalized_steps() if not (self.directory / str(s) / MANIFEST).is_file()]
+
+    def _finalized_steps(self) -> list:
         self._manager.reload()
         return sorted(int(s) for s in self._manager.all_steps())
 
@@ -145,6 +172,8 @@ class CheckpointStore:
         step = int(step)
         if step in self.all_steps():
             raise CheckpointError(f"expected a new step, got step {step} which already exists in {self.directory}")
+        if step in self.pending_steps():  # the leftover of a save killed before its manifest
+            self.quarantine(step)
         arrays = _savable(tree)
         leaves = jax.tree_util.tree_leaves(tree)
         record = {
@@ -164,6 +193,7 @@ class CheckpointStore:
         step_dir = self.directory / str(step)
         if jax.process_index() == 0:
             _write_manifest(step_dir)
+        _barrier(f"lstm_jax.checkpoint.save:{self.directory.name}:{step}")  # complete for every process
         return step_dir
 
     def verify_files(self, step: int) -> None:
@@ -253,12 +283,20 @@ class CheckpointStore:
         return True
 
     def quarantine(self, step: int) -> Path:
-        """Move a damaged step out of the way (to ``<directory>/corrupt/<step>-<time>``)."""
+        """Move a damaged step out of the way (to ``<directory>/corrupt/<step>-<time>``).
+
+        With several processes every process calls it (they reach the same verdict from the
+        same files); process 0 moves the step, the others wait for it.
+        """
         src = self.directory / str(int(step))
+        tag = f"lstm_jax.checkpoint.quarantine:{self.directory.name}:{int(step)}"
+        _barrier(tag + ":before")  # nobody still reads the step
         dst = self.directory / "corrupt" / f"{int(step)}-{time.time_ns()}"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.exists():
-            shutil.move(str(src), str(dst))
+        if jax.process_index() == 0:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.exists():
+                shutil.move(str(src), str(dst))
+        _barrier(tag + ":after")
         self._manager.reload()
         return dst
 

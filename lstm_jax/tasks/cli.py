@@ -77,6 +77,11 @@ def make_main(
     """A script's ``main(argv=None)``: ``run(parse(argv))``, under ``fast_compile`` with ``--quick``
     (a quick run's cost is compiling, not running).
 
+    First it starts the distributed runtime when the environment describes a multi-process job
+    (``lstm_jax.distributed.initialize_from_env``: ``LSTM_JAX_COORDINATOR`` /
+    ``LSTM_JAX_NUM_PROCESSES`` / ``LSTM_JAX_PROCESS_ID``, Slurm's ``srun``); a plain run is
+    unchanged. The same script then runs on every host; ``results`` writes from process 0 only.
+
     >>> import argparse
     >>> def parse(argv):
     ...     return argparse.Namespace(quick=False, n=int(argv[0]))
@@ -86,6 +91,12 @@ def make_main(
     """
 
     def main(argv: Optional[Sequence[str]] = None):
+        from lstm_jax import distributed
+
+        try:
+            distributed.initialize_from_env()  # before anything touches a device
+        except ValueError as e:  # a malformed LSTM_JAX_* variable: one line, exit code 2
+            raise UsageError(str(e)) from e
         args = parse(argv)
         with fast_compile(bool(getattr(args, "quick", False))):
             return run(args)

@@ -8,6 +8,11 @@
      "results": [{"task", "dataset", "model", "metric", "split", "value", ...extra}, ...],
      ...extra top-level keys (history, and for step-budgeted runs
         "updates", "updates_planned", "stopped_early")}
+
+In a multi-process job (``lstm_jax.distributed``) every process runs the same script; only
+process 0 writes ``metrics.json`` and figures and prints, while checkpoints are saved by every
+process together, as orbax requires (``save_checkpoint``). Figure code runs on every process
+(it may compute with arrays that span all of them); ``save_figure`` writes from process 0.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "save_checkpoint",
     "pyplot",
     "save_figure",
+    "write_text",
     "finish",
 ]
 
@@ -99,7 +105,7 @@ class Results:
         """Write ``updates``, ``updates_planned`` and ``stopped_early`` at the top of ``metrics.json``;
         a run cut short (``why``: by what) is announced on stdout, loudly."""
         self.extra.update(updates=int(updates), updates_planned=int(updates_planned), stopped_early=bool(stopped_early))
-        if stopped_early:
+        if stopped_early and _main():
             print(
                 f"WARNING: STOPPED EARLY{' by ' + why if why else ''}: {updates} of {updates_planned} planned "
                 "updates ran; these numbers depend on the speed and load of the machine",
@@ -122,11 +128,12 @@ class Results:
         )
 
     def write(self, out_dir) -> Path:
-        """Write ``<out_dir>/metrics.json`` and return its path."""
+        """Write ``<out_dir>/metrics.json`` (process 0 only) and return its path."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         path = out / "metrics.json"
-        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        if _main():
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
         return path
 
     def table(self, split: str = "test") -> str:
@@ -185,15 +192,21 @@ def results_markdown(rows: Iterable[dict], columns: Sequence[str]) -> str:
 def save_checkpoint(out_dir, params: PyTree, *, step: int = 0, meta: Optional[dict] = None) -> Path:
     """Save ``params`` with ``lstm_jax.checkpoint`` under ``<out_dir>/checkpoint`` (replacing a
     checkpoint of an earlier run there) and return that folder; ``checkpoint.restore(folder,
-    like)`` reads it back."""
+    like)`` reads it back.
+
+    In a multi-process job every process calls it (orbax saves collectively): process 0 clears
+    the folder, the others wait for that, then all save the values (host copies; every process
+    holds the same params) and process 0's are written."""
     import shutil
 
-    from lstm_jax import checkpoint
+    from lstm_jax import checkpoint, distributed
 
     folder = Path(out_dir).resolve() / "checkpoint"
-    if folder.exists():
+    if _main() and folder.exists():
         shutil.rmtree(folder)
-    checkpoint.save(folder, step, params, meta=_jsonable(meta or {}), keep=1)
+    distributed.barrier("lstm_jax.results.save_checkpoint")
+    values = params if jax.process_count() == 1 else distributed.gather(params)
+    checkpoint.save(folder, step, values, meta=_jsonable(meta or {}), keep=1)
     return folder
 
 
@@ -208,12 +221,22 @@ def pyplot():
 
 
 def save_figure(fig, path) -> Path:
-    """Save a figure as PNG (tight layout, 120 dpi) and close it."""
+    """Save a figure as PNG (tight layout, 120 dpi; process 0 only) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if _main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
     pyplot().close(fig)
+    return path
+
+
+def write_text(path, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write a text file of the run's outputs (samples, tables), from process 0 only."""
+    path = Path(path)
+    if _main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding=encoding)
     return path
 
 
@@ -231,13 +254,16 @@ def finish(
 ) -> Path:
     """The end of every script: checkpoint ``params`` (meta: the run's config and ``meta``), draw
     each figure (``{file name: draw(path)}``), write ``metrics.json``; then print ``header``, the
-    test table, ``footer`` and ``note`` with the wall time. Returns the path of ``metrics.json``."""
+    test table, ``footer`` and ``note`` with the wall time (process 0 prints and writes; every
+    process checkpoints and runs the figure code). Returns the path of ``metrics.json``."""
     out = Path(out_dir)
     if params is not None:
         save_checkpoint(out, params, step=step, meta={"config": res.config, **(meta or {})})
     for name, draw in (figures or {}).items():
         draw(out / name)
     path = res.write(out)
+    if not _main():
+        return path
     if header:
         print(header)
     print(res.table())
@@ -245,3 +271,8 @@ def finish(
         print(footer)
     print(f"{note}({res.timer():.0f} s, results in {out_dir})")
     return path
+
+
+def _main() -> bool:
+    """Process 0 of a multi-process job (always True in a single-process run)."""
+    return jax.process_index() == 0

@@ -115,7 +115,12 @@ def fit(
       train_step: custom ``(state, batch) -> (state, metrics)`` (e.g.
         ``make_tbptt_train_step``); ``loss_fn`` is then used for validation only.
       devices: devices for data parallelism (default all ``jax.devices()``): the batch is
-        split over them, params replicated. One device runs the same code.
+        split over them, params replicated. One device runs the same code. After
+        ``jax.distributed`` initialisation (``lstm_jax.distributed.initialize_from_env``)
+        these are every process's devices: each process runs the same ``fit`` call (same
+        data, seed, global ``batch_size``, a ``checkpoint_dir`` they all see) and feeds only
+        its own rows of each global batch; process 0 alone writes ``history_path`` and shows
+        the progress bar; every process checkpoints (orbax saves collectively).
       validate_data: check the data for NaN/Inf up front (``ValueError``).
       callback: ``callback(step, metrics)`` after every step (every epoch when compiled),
         with host floats.
@@ -152,7 +157,12 @@ def fit(
         rs.rewrite_history(history_path, run.history)
         done = min(run.epoch0 * setup.nb + run.batch0, epochs * setup.nb)
         pbar = tqdm(
-            total=epochs * setup.nb, initial=done, desc=desc, disable=not progress, dynamic_ncols=True, leave=True
+            total=epochs * setup.nb,
+            initial=done,
+            desc=desc,
+            disable=not progress or jax.process_index() != 0,  # one bar per job: process 0's
+            dynamic_ncols=True,
+            leave=True,
         )
         with rs.Interrupt() as interrupt:
             for epoch in range(run.epoch0, epochs):
@@ -215,6 +225,7 @@ class _Setup(NamedTuple):
     nb: int  # full batches per epoch
     batch_size: int
     mesh: Any
+    rows: tuple  # (start, stop): the rows of every global batch this process feeds
     data_key: PRNGKey
     state: TrainState  # the fresh (replicated) state
     jstep: Callable
@@ -262,6 +273,7 @@ def _setup(
         nb=nb,
         batch_size=int(batch_size),
         mesh=mesh,
+        rows=shd.process_rows(mesh, int(batch_size)),
         data_key=data_key,
         state=state,
         jstep=jstep,
@@ -282,9 +294,11 @@ def _train_epoch(run: Run, setup: _Setup, opts: _Options, stores: tuple, epoch: 
         return True
     order = np.asarray(_jit_permutation(setup.data_key, epoch, setup.n_train))
     nb, bs = setup.nb, setup.batch_size
+    lo, hi = setup.rows
     for j in range(start, nb):
-        batch = take(setup.train_host, order[j * bs : (j + 1) * bs])
-        run.state, metrics = setup.jstep(run.state, shd.shard_batch(batch, setup.mesh))
+        # this process's rows of global batch j; the other processes feed the rest
+        batch = take(setup.train_host, order[j * bs + lo : j * bs + hi])
+        run.state, metrics = setup.jstep(run.state, shd.shard_batch(batch, setup.mesh, global_rows=bs))
         metrics = jax.device_get(metrics)
         if not bool(metrics.pop("finite")):
             if opts.on_nonfinite == "raise":
@@ -335,7 +349,7 @@ def _end_epoch(run: Run, setup: _Setup, opts: _Options, stores: tuple, epoch: in
     entry["time_s"] = round(seconds, 4)
     run.history.append(entry)
     run.partial, run.nonfinite = {}, 0
-    if opts.history_path is not None:
+    if opts.history_path is not None and jax.process_index() == 0:
         with open(opts.history_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
     if opts.monitor in entry:

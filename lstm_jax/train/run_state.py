@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
+import jax
+
 from lstm_jax import checkpoint as ckpt
 from lstm_jax import sharding as shd
 from lstm_jax.train.state import TrainState
@@ -119,7 +121,8 @@ def save(run: Run, setup: Any, stores: tuple, epoch: int, batch: int) -> None:
 
 
 def rewrite_history(history_path, history: list) -> None:
-    if history_path is not None:
+    """Write ``history`` as JSON lines (process 0 only: one file per job, not per process)."""
+    if history_path is not None and jax.process_index() == 0:
         with open(history_path, "w") as fh:
             for entry in history:
                 fh.write(json.dumps(entry) + "\n")
@@ -156,7 +159,17 @@ class Interrupt:
 
 
 def _restore_latest(store: ckpt.CheckpointStore, like: PyTree):
-    """Newest checkpoint that verifies; damaged newer ones are quarantined. None if none."""
+    """Newest checkpoint that verifies; damaged newer ones are quarantined. None if none.
+
+    Steps without a manifest (a save killed after orbax's rename) are leftovers of the run
+    being resumed, the only writer: they are quarantined too. Every process of a multi-process
+    run takes the same decisions (same files) and calls orbax in the same order.
+    """
+    for step in store.pending_steps():
+        moved = store.quarantine(step)
+        log.warning("skipping partial checkpoint step %d (no manifest; moved to %s)", step, moved)
+        if jax.process_index() == 0:
+            print(f"lstm_jax.fit: skipping partial checkpoint step {step} (no manifest)", file=sys.stderr)
     for step in reversed(store.all_steps()):
         try:
             return store.restore(like, step=step)
@@ -165,5 +178,6 @@ def _restore_latest(store: ckpt.CheckpointStore, like: PyTree):
         except ckpt.CheckpointError as e:
             moved = store.quarantine(step)
             log.warning("skipping damaged checkpoint step %d (moved to %s): %s", step, moved, e)
-            print(f"lstm_jax.fit: skipping damaged checkpoint step {step}: {e}", file=sys.stderr)
+            if jax.process_index() == 0:
+                print(f"lstm_jax.fit: skipping damaged checkpoint step {step}: {e}", file=sys.stderr)
     return None
