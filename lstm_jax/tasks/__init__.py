@@ -17,12 +17,15 @@ Applications:
   classify  sequence classification (handwriting.py, speaker_id.py, sentiment.py)
   text      tokenisation, word vocabularies, PPMI-SVD word vectors (sentiment.py)
   char_lm   character language models with truncated BPTT (char_lm.py)
+  translate machine translation: subwords, IBM Model 1 and copy baselines, BLEU/chrF (translate.py)
+  bible     the verse-aligned KJV / Reina-Valera Bible from Debian's SWORD packages (translate.py)
   music     Bach chorales: piano rolls, next-frame model, baselines, MIDI (music.py)
 
 Use the modules by name: ``from lstm_jax.tasks import forecast; forecast.forecast_data(...)``.
 """
 
 from lstm_jax.tasks import (
+    bible,
     char_lm,
     classify,
     cli,
@@ -33,6 +36,20 @@ from lstm_jax.tasks import (
     results,
     seqmodel,
     text,
+    translate,
 )
 
-__all__ = ["char_lm", "classify", "cli", "compare", "forecast", "loops", "music", "results", "seqmodel", "text"]
+__all__ = [
+    "bible",
+    "char_lm",
+    "classify",
+    "cli",
+    "compare",
+    "forecast",
+    "loops",
+    "music",
+    "results",
+    "seqmodel",
+    "text",
+    "translate",
+]
