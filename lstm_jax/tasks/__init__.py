@@ -14,6 +14,9 @@ Shared:
 
 Applications:
   forecast  next-day forecasting of a daily table with an ensemble (weather_forecast.py)
+  probabilistic  multi-horizon forecasts with a likelihood: Gaussian, Student-t, quantiles (weather_forecast.py)
+  anomaly   LSTM forecast-residual and autoencoder anomaly detectors, baselines (anomaly.py)
+  stocks    next-day log returns against the random walk (stocks.py)
   classify  sequence classification (handwriting.py, speaker_id.py, sentiment.py)
   text      tokenisation, word vocabularies, PPMI-SVD word vectors (sentiment.py)
   char_lm   character language models with truncated BPTT (char_lm.py)
@@ -25,6 +28,7 @@ Use the modules by name: ``from lstm_jax.tasks import forecast; forecast.forecas
 """
 
 from lstm_jax.tasks import (
+    anomaly,
     bible,
     char_lm,
     classify,
@@ -33,13 +37,16 @@ from lstm_jax.tasks import (
     forecast,
     loops,
     music,
+    probabilistic,
     results,
     seqmodel,
+    stocks,
     text,
     translate,
 )
 
 __all__ = [
+    "anomaly",
     "bible",
     "char_lm",
     "classify",
@@ -48,8 +55,10 @@ __all__ = [
     "forecast",
     "loops",
     "music",
+    "probabilistic",
     "results",
     "seqmodel",
+    "stocks",
     "text",
     "translate",
 ]

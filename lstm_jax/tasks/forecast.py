@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -182,7 +182,7 @@ class ForecastEnsemble(NamedTuple):
 
 
 def train_forecast_ensemble(
-    data: ForecastData,
+    data: Any,
     *,
     cell: str = "lstm",
     hidden: int = 64,
@@ -199,18 +199,30 @@ def train_forecast_ensemble(
     impl: str = "auto",
     progress: bool = True,
     desc: str = "",
+    output_size: int = 1,
+    make_loss: Optional[Callable] = None,
+    monitor: str = "val_ens_mse",
+    make_member: Optional[Callable] = None,
 ) -> ForecastEnsemble:
     """Train ``ensemble`` forecasters together (``jax.vmap`` over members inside one loss) with
     ``lstm_jax.train.fit``: Adam(W) with warmup + cosine decay, early selection on the validation
     MSE of the members' mean; then, with ``refit``, the same recipe again on train + val for the
-    selected number of epochs (the returned ``params``)."""
+    selected number of epochs (the returned ``params``).
+
+    ``data`` needs only ``train``/``val`` dicts (``{"x": [s, w, f], "y": [s, ...]}``). For other
+    outputs (multi-horizon, distribution parameters): ``output_size`` head outputs,
+    ``make_loss(apply) -> loss_fn`` replacing the members' MSE, and the history key ``monitor``
+    to select the epoch on (``residual`` then must stay off). ``make_member(init_fn, apply) ->
+    (init_fn, apply)`` replaces the member's init and apply (e.g. to add a linear path)."""
     from lstm_jax import train as train_lib
 
     d_in = data.train["x"].shape[-1]
-    init_fn = partial(init_seq_model, cell=cell, input_size=d_in, hidden_size=hidden, output_size=1)
-    params = init_ensemble(init_fn, jax.random.key(seed), ensemble)
+    init_fn = partial(init_seq_model, cell=cell, input_size=d_in, hidden_size=hidden, output_size=output_size)
     apply = partial(forecast_member_apply, dropout=dropout, residual=residual, impl=impl)
-    loss_fn = make_ensemble_regression_loss(apply, bagging=bagging)
+    if make_member is not None:
+        init_fn, apply = make_member(init_fn, apply)
+    params = init_ensemble(init_fn, jax.random.key(seed), ensemble)
+    loss_fn = make_ensemble_regression_loss(apply, bagging=bagging) if make_loss is None else make_loss(apply)
 
     def optimizer(n_rows, n_epochs):
         steps = n_epochs * (n_rows // batch_size)
@@ -228,7 +240,7 @@ def train_forecast_ensemble(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
-        monitor="val_ens_mse",
+        monitor=monitor,
         compiled_epoch=True,
         progress=progress,
         desc=desc,
