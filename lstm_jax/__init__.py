@@ -50,6 +50,7 @@ SUBMODULES = (
     "scan",
     "seq2seq",
     "sharding",
+    "speech",
     "stats",
     "tasks",
     "train",

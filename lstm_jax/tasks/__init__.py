@@ -22,6 +22,8 @@ Applications:
   char_lm   character language models with truncated BPTT (char_lm.py)
   translate machine translation: subwords, IBM Model 1 and copy baselines, BLEU/chrF (translate.py)
   bible     the verse-aligned KJV / Reina-Valera Bible from Debian's SWORD packages (translate.py)
+  speech    speech recognition with CTC: manifests, splits, feature cache, baselines (speech_ctc.py);
+            speech_train (training and decoding loops), fillets (the Fish Fillets NG dialogs)
   music     Bach chorales: piano rolls, next-frame model, baselines, MIDI (music.py)
 
 Use the modules by name: ``from lstm_jax.tasks import forecast; forecast.forecast_data(...)``.

@@ -1,0 +1,246 @@
+"""Speech recognition with CTC on real recorded speech: log-mel features, a bidirectional LSTM
+and greedy / prefix beam search decoding with a character n-gram LM, against trivial baselines.
+
+    python experiments/speech_ctc.py                          # Fish Fillets NG, Czech dialogs
+    python experiments/speech_ctc.py --language nl            # the Dutch dialogs
+    python experiments/speech_ctc.py --manifest corpus.tsv    # your own: audio<TAB>text[<TAB>speaker[<TAB>split]]
+    python experiments/speech_ctc.py --quick --manifest corpus.tsv
+
+Data: Debian ``fillets-ng-data`` + ``fillets-ng-data-cs`` / ``-nl`` (split by game level), or a
+TSV manifest of WAV/Ogg/FLAC files (read with ``soundfile``). Features are cached in ``--cache``.
+Outputs in ``--out``: ``metrics.json`` (CER/WER per decoder and split), ``speech_ctc.png``
+(log-mel, CTC posteriors, decoded text of a test utterance), ``samples.txt``, ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lstm_jax.datasets import DatasetError
+from lstm_jax.speech import features as F
+from lstm_jax.speech import metrics as M
+from lstm_jax.speech.lm import CharNgramLM
+from lstm_jax.speech.model import AcousticConfig, init_acoustic_model, output_lengths
+from lstm_jax.tasks import cli, fillets, results, seqmodel
+from lstm_jax.tasks import speech as S
+from lstm_jax.tasks import speech_train as ST
+
+_floats = lambda s: [float(x) for x in s.split(",") if x]  # noqa: E731
+
+
+def parse(argv):
+    p = cli.make_parser("speech_ctc", __doc__.splitlines()[0])
+    p.add_argument("--language", choices=fillets.LANGUAGES, default="cs", help="Fish Fillets NG dialogs")
+    p.add_argument("--manifest", help="TSV: audio path, transcript, optional speaker and split columns")
+    p.add_argument("--cache", default=str(Path("results") / "cache" / "speech_ctc"), help="feature cache folder")
+    p.add_argument("--n-mels", type=int, default=80)
+    p.add_argument("--norm", choices=("global", "utterance"), default="global", help="feature normalisation")
+    p.add_argument("--stack", type=int, default=3, help="frames stacked and subsampled")
+    p.add_argument("--hidden", type=int, default=256, help="LSTM units per direction")
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--proj", type=int, default=0, help="LSTMP projection size (0: plain LSTM)")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--updates", type=int, default=2000, help="training budget in updates")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--buckets", type=int, default=6, help="duration buckets (compiled shapes)")
+    p.add_argument(
+        "--max-train-seconds", type=float, default=15.0, help="longer utterances are not trained on (still evaluated)"
+    )
+    p.add_argument("--eval-every", type=int, default=250, help="updates between dev greedy CER checks")
+    p.add_argument("--beam", type=int, default=8)
+    p.add_argument("--lm-order", type=int, default=4)
+    p.add_argument("--lm-weights", type=_floats, default=[0.3, 0.6, 0.9], help="comma-separated grid, tuned on dev")
+    p.add_argument("--bonuses", type=_floats, default=[0.5, 1.5], help="insertion bonus grid, tuned on dev")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split of groups (levels)")
+    p.add_argument("--samples", type=int, default=25, help="test utterances written to samples.txt")
+    args = p.parse_args(argv)
+    if args.proj and args.cell != "lstm":
+        p.error(f"expected --proj 0 with --cell {args.cell} (projection is an LSTMP option), got --proj {args.proj}")
+    return args
+
+
+def load_corpus(args):
+    clips = S.read_manifest(args.manifest) if args.manifest else fillets.load_fillets(args.language)
+    clips = [c._replace(text=S.normalize_text(c.text)) for c in clips]
+    clips = [c for c in clips if c.text]
+    return S.split_clips(clips, seed=args.split_seed)
+
+
+def run(args):
+    if args.quick:
+        args.hidden, args.layers, args.updates, args.buckets, args.eval_every = 16, 1, 6, 1, 3
+        args.beam, args.lm_weights, args.bonuses, args.n_mels, args.batch_size = 4, [0.5], [1.0], 40, 8
+    name = Path(args.manifest).stem if args.manifest else f"fillets_{args.language}"
+    splits = load_corpus(args)
+    if args.quick:  # a slice of each split: the quick run must not wait for a whole corpus
+        splits = {s: v[: 64 if s == "train" else 16] for s, v in splits.items()}
+    fcfg = S.FeatureConfig(n_mels=args.n_mels)
+    everything = [c for s in S.SPLITS for c in splits[s]]
+    feats, cached = S.compute_features(everything, fcfg, cache_dir=args.cache, progress=not args.no_progress)
+    offsets = np.cumsum([0] + [len(splits[s]) for s in S.SPLITS])
+    raw = {s: feats[a:b] for s, a, b in zip(S.SPLITS, offsets[:-1], offsets[1:])}
+    if args.norm == "global":
+        stacked = np.concatenate(raw["train"])
+        mean, std = stacked.mean(0), stacked.std(0)
+        norm = {s: [F.normalize(f, mean, std) for f in v] for s, v in raw.items()}
+    else:
+        norm = {s: [F.normalize(f) for f in v] for s, v in raw.items()}
+    texts = {s: [c.text for c in splits[s]] for s in S.SPLITS}
+    vocab = S.Vocab(texts["train"])
+    data = {s: ST.make_split(norm[s], texts[s], vocab, fcfg.hop_ms) for s in S.SPLITS}
+    # CTC needs at least one output frame per label (plus a blank between repeats)
+    need = [len(lab) + sum(a == b for a, b in zip(lab, lab[1:])) for lab in data["train"].labels]
+    frames_out = [int(output_lengths(len(f), args.stack)) for f in data["train"].feats]
+    max_frames = args.max_train_seconds * 1000.0 / fcfg.hop_ms
+    ok = [
+        i
+        for i, (n, t, f) in enumerate(zip(need, frames_out, data["train"].feats))
+        if 0 < n <= t and len(f) <= max_frames
+    ]
+    if not ok:
+        raise DatasetError(
+            f"expected training utterances of at most {args.max_train_seconds} s with at least one output frame "
+            f"per character, got none of {len(need)}"
+        )
+    train = ST.Split(*[[x[i] for i in ok] for x in data["train"][:3]], data["train"].seconds[ok])
+    max_labels = max(len(lab) for s in S.SPLITS for lab in data[s].labels) or 1
+    buckets = S.make_buckets([len(f) for f in train.feats], args.buckets, args.stack)
+    longest = -(-max(len(f) for s in S.SPLITS for f in data[s].feats) // args.stack) * args.stack
+    eval_lengths = buckets.lengths + [longest] * (
+        longest > buckets.lengths[-1]
+    )  # one more shape for long eval utterances
+    hours = {s: float(data[s].seconds.sum() / 3600) for s in S.SPLITS}
+    config = dict(
+        vars(args),
+        dataset=name,
+        normalisation=S.NORMALISATION,
+        features=f"{args.n_mels} log-mel, 25 ms window, 10 ms hop, {args.norm} normalisation, {args.stack} frames stacked",
+        n_utterances={s: len(splits[s]) for s in S.SPLITS},
+        n_train_used=len(ok),
+        hours=hours,
+        n_speakers=len({c.speaker for s in S.SPLITS for c in splits[s]}),
+        groups={s: sorted({c.group for c in splits[s]}) for s in S.SPLITS},
+        vocab=vocab.chars,
+        bucket_frames=buckets.lengths,
+        eval_bucket_frames=eval_lengths,
+        features_from_cache=cached,
+    )
+    res = results.Results("speech_ctc", config)
+
+    # ---- baselines on dev and test
+    for split, tag in (("dev", "val"), ("test", "test")):
+        hyps = S.baselines(texts["train"], data["train"].seconds, data[split].seconds, len(texts[split]))
+        for model, h in hyps.items():
+            res.add(name, model, "cer", tag, M.cer(texts[split], h))
+            res.add(name, model, "wer", tag, M.wer(texts[split], h))
+
+    # ---- the acoustic model
+    acfg = AcousticConfig(stack=args.stack, dropout=args.dropout, impl=args.impl)
+    params = init_acoustic_model(
+        jax.random.key(args.seed),
+        args.n_mels,
+        args.hidden,
+        vocab.size,
+        stack=args.stack,
+        num_layers=args.layers,
+        proj_size=args.proj,
+        cell=args.cell,
+    )
+    loop, forward = ST.train_ctc(
+        params, acfg, train, data["dev"], buckets, vocab, steps=args.updates, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, eval_every=args.eval_every, max_labels=max_labels, progress=not args.no_progress,
+        eval_lengths=eval_lengths,
+    )  # fmt: skip
+    res.record_budget(loop.steps, loop.steps_planned, stopped_early=loop.stopped_early)
+    res.extra["history"] = loop.history
+    res.extra["n_params"] = seqmodel.count_params(loop.params)
+    post = lambda split: ST.log_posteriors(forward, loop.params, split, eval_lengths, args.batch_size, max_labels)  # noqa: E731
+    sub = np.random.default_rng(0).permutation(len(train.texts))[: len(data["dev"].texts)]
+    train_eval = ST.Split(*[[x[i] for i in sub] for x in train[:3]], train.seconds[sub])
+    decoded = {}
+    for split, tag in (("train", "train"), ("dev", "val"), ("test", "test")):
+        d = train_eval if split == "train" else data[split]
+        lps, greedy = post(d)
+        decoded[split] = {"log_probs": lps, "greedy": [vocab.decode(g) for g in greedy]}
+        res.add(name, "greedy", "cer", tag, M.cer(d.texts, decoded[split]["greedy"]))
+        res.add(name, "greedy", "wer", tag, M.wer(d.texts, decoded[split]["greedy"]))
+
+    # ---- prefix beam search, without and with the character LM (weights tuned on dev)
+    lm = CharNgramLM.train(train.texts, order=args.lm_order)
+    best, grid = ST.tune_lm(
+        decoded["dev"]["log_probs"], texts["dev"], vocab, lm, args.lm_weights, args.bonuses, beam=args.beam
+    )
+    res.extra["lm_grid_dev"] = grid
+    res.extra["lm"] = {"order": args.lm_order, **best}
+    for split, tag in (("dev", "val"), ("test", "test")):
+        lps = decoded[split]["log_probs"]
+        decoded[split]["beam"] = ST.beam_texts(lps, vocab, beam=args.beam)
+        decoded[split]["beam_lm"] = ST.beam_texts(
+            lps, vocab, beam=args.beam, lm=lm, lm_weight=best["lm_weight"], insertion_bonus=best["insertion_bonus"]
+        )
+        for model in ("beam", f"beam_lm{args.lm_order}"):
+            hyps = decoded[split]["beam" if model == "beam" else "beam_lm"]
+            res.add(name, model, "cer", tag, M.cer(texts[split], hyps))
+            res.add(name, model, "wer", tag, M.wer(texts[split], hyps))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_samples(out / "samples.txt", texts["test"], decoded["test"], args.samples)
+    pick = int(np.argsort(data["test"].seconds)[len(data["test"].seconds) // 2])
+    results.finish(
+        res,
+        args.out,
+        loop.params,
+        step=loop.steps,
+        meta={"vocab": vocab.chars, "n_mels": args.n_mels, "stack": args.stack},
+        figures={
+            "speech_ctc.png": lambda path: plot(
+                raw["test"][pick], decoded["test"], pick, texts["test"][pick], vocab, path
+            )
+        },
+        header=f"{name}: {len(ok)} train / {len(texts['dev'])} dev / {len(texts['test'])} test utterances "
+        f"({hours['train']:.2f} / {hours['dev']:.2f} / {hours['test']:.2f} h), {vocab.size - 1} characters; "
+        f"bidirectional {args.cell} {args.layers}x{args.hidden}, {loop.steps} updates; LM weight {best['lm_weight']}, bonus {best['insertion_bonus']}",
+    )
+
+
+def write_samples(path, refs, decoded, n):
+    lines = []
+    for i in range(min(n, len(refs))):
+        lines += [
+            f"[{i}] ref:     {refs[i]}",
+            f"    greedy:  {decoded['greedy'][i]}",
+            f"    beam+lm: {decoded['beam_lm'][i]}",
+            "",
+        ]
+    results.write_text(path, "\n".join(lines) + "\n")
+
+
+def plot(logmel, decoded, i, ref, vocab, path):
+    plt = results.pyplot()
+    lp = decoded["log_probs"][i]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=False)
+    ax1.imshow(logmel.T, origin="lower", aspect="auto", cmap="magma")
+    ax1.set_ylabel("mel band")
+    ax1.set_title(
+        f"log-mel (10 ms frames)\nref:    {ref}\ngreedy: {decoded['greedy'][i]}\nbeam+LM: {decoded['beam_lm'][i]}",
+        fontsize=8,
+        loc="left",
+    )
+    probs = np.exp(lp)
+    ax2.imshow(probs.T, origin="lower", aspect="auto", cmap="Greys", interpolation="nearest")
+    ax2.set_yticks(range(vocab.size), ["<b>"] + [c if c != " " else "_" for c in vocab.chars], fontsize=5)
+    ax2.set_xlabel("output frame")
+    ax2.set_title("CTC posteriors", fontsize=8)
+    results.save_figure(fig, path)
+
+
+main = cli.make_main(parse, run)
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,205 @@
+"""Tests of the speech recipe (``lstm_jax.tasks.speech``, ``speech_train``, ``fillets``) and of
+``experiments/speech_ctc.py --quick`` on a manifest of tiny generated WAV files (no Debian
+packages needed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax.datasets import DatasetError
+from lstm_jax.speech.ctc import ctc_loss
+from lstm_jax.speech.model import AcousticConfig, acoustic_logits, init_acoustic_model, make_ctc_loss
+from lstm_jax.tasks import cli, fillets, results
+from lstm_jax.tasks import speech as S
+from lstm_jax.tasks import speech_train as ST
+
+ROOT = Path(__file__).resolve().parents[1]
+TONES = {"a": 400.0, "b": 900.0, "c": 1800.0}
+
+
+def _write_corpus(folder: Path, n: int = 16, *, split_column: bool = False) -> Path:
+    """WAVs whose "transcript" maps deterministically to tones (one 120 ms tone per letter)."""
+    sf = pytest.importorskip("soundfile")
+    rng = np.random.default_rng(0)
+    sr, lines = 8000, []
+    for i in range(n):
+        word = "".join(rng.choice(list(TONES), size=int(rng.integers(2, 4))))
+        text = word if i % 3 else f"{word} {word[::-1]}"
+        parts = []
+        for ch in text:
+            t = np.arange(int(0.12 * sr)) / sr
+            parts += [0.5 * np.sin(2 * np.pi * TONES[ch] * t) if ch in TONES else np.zeros_like(t), np.zeros(240)]
+        wave = np.concatenate(parts) + 0.01 * rng.standard_normal(sum(map(len, parts)))
+        sf.write(folder / f"u{i}.wav", wave.astype(np.float32), sr)
+        split = ["train", "train", "dev", "test"][i % 4] if split_column else None
+        lines.append("\t".join([f"u{i}.wav", text.upper() + "!", f"spk{i % 2}"] + ([split] if split else [])))
+    (folder / "corpus.tsv").write_text("path\ttext\tspeaker\n" * (not split_column) + "\n".join(lines) + "\n")
+    return folder / "corpus.tsv"
+
+
+def test_normalize_text_hand_examples():
+    assert S.normalize_text("Vidíš toho KONÍKA?") == "vidíš toho koníka"
+    assert S.normalize_text("Zo'n 3 vissen\u2014of  4...") == "zon 3 vissen of 4"
+    assert S.normalize_text("C:\\WINDOWS\\CONFIG") == "c windows config"
+    assert S.normalize_text("...") == ""
+
+
+def test_parse_dialogs_pairs_ids_with_the_next_string_and_undoes_escapes():
+    lua = """
+dialogId("bot-m-vidis", "font_small", "Can you see that seahorse?")
+dialogStr("Vidíš toho koníka?")
+
+dialogId("v-x", "font_big", "It isn't")
+dialogStr(
+"Řekl \\"ne\\" a C:\\\\WIN")
+dialogId("orphan", "font_big", "no translation")
+"""
+    assert fillets.parse_dialogs(lua) == {"bot-m-vidis": "Vidíš toho koníka?", "v-x": 'Řekl "ne" a C:\\WIN'}
+
+
+def test_load_fillets_reads_levels_speakers_and_shared_dialogs(tmp_path):
+    for level, ids in (("aztec", ["bot-m-vidis", "bot-v-x", "no-text"]), ("share/border", ["bd-m-a"])):
+        d = tmp_path / "sound" / level / "cs"
+        d.mkdir(parents=True)
+        for i in ids:
+            (d / f"{i}.ogg").write_bytes(b"")
+    (tmp_path / "script" / "aztec").mkdir(parents=True)
+    (tmp_path / "script" / "share").mkdir(parents=True)
+    (tmp_path / "script" / "aztec" / "dialogs_cs.lua").write_text(
+        'dialogId("bot-m-vidis", "f", "x")\ndialogStr("Ahoj")\n'
+    )
+    (tmp_path / "script" / "aztec" / "demo_dialogs_cs.lua").write_text(
+        'dialogId("bot-v-x", "f", "x")\ndialogStr("Nazdar")\n'
+    )
+    (tmp_path / "script" / "share" / "border_dialogs_cs.lua").write_text(
+        'dialogId("bd-m-a", "f", "x")\ndialogStr("Tady")\n'
+    )
+    clips = fillets.load_fillets("cs", tmp_path)
+    got = sorted((Path(c.audio).stem, c.text, c.speaker, c.group) for c in clips)
+    assert got == [
+        ("bd-m-a", "Tady", "m", "share/border"),
+        ("bot-m-vidis", "Ahoj", "m", "aztec"),
+        ("bot-v-x", "Nazdar", "v", "aztec"),
+    ]
+    with pytest.raises(DatasetError, match="fillets-ng-data"):
+        fillets.load_fillets("cs", tmp_path / "nothing")
+    with pytest.raises(DatasetError, match="expected --language"):
+        fillets.load_fillets("xx", tmp_path)
+
+
+def test_split_clips_keeps_groups_whole_and_is_seeded():
+    clips = [fillets.Clip(f"a{i}", "t", "s", f"level{i % 20}") for i in range(400)]
+    a, b = S.split_clips(clips, seed=3), S.split_clips(clips, seed=3)
+    assert a == b and S.split_clips(clips, seed=4) != a
+    groups = {s: {c.group for c in a[s]} for s in S.SPLITS}
+    assert not (groups["train"] & groups["dev"] or groups["train"] & groups["test"] or groups["dev"] & groups["test"])
+    assert sum(len(v) for v in a.values()) == 400
+    assert len(a["test"]) == 40 and len(a["dev"]) == 40  # two levels of 20 each
+    # a manifest's split column is used as given; no split column: utterances split one by one
+    given = [fillets.Clip(f"a{i}", "t", "", ["train", "dev", "test"][i % 3]) for i in range(9)]
+    assert [len(v) for v in S.split_clips(given).values()] == [3, 3, 3]
+    loose = [fillets.Clip(f"a{i}", "t", "", "") for i in range(50)]
+    assert [len(v) for v in S.split_clips(loose).values()] == [40, 5, 5]
+
+
+def test_manifest_reading_and_its_errors(tmp_path):
+    path = _write_corpus(tmp_path, 4)
+    clips = S.read_manifest(path)
+    assert len(clips) == 4 and clips[0].speaker == "spk0" and Path(clips[0].audio).is_file()
+    with pytest.raises(DatasetError, match="existing manifest"):
+        S.read_manifest(tmp_path / "none.tsv")
+    (tmp_path / "bad.tsv").write_text("missing.wav\thello\n")
+    with pytest.raises(DatasetError, match="existing audio file on line 1"):
+        S.read_manifest(tmp_path / "bad.tsv")
+    (tmp_path / "bad2.tsv").write_text("u0.wav\thello\ts\tvalidation\n")
+    with pytest.raises(DatasetError, match="expected split in"):
+        S.read_manifest(tmp_path / "bad2.tsv")
+
+
+def test_feature_cache_round_trip(tmp_path):
+    clips = S.read_manifest(_write_corpus(tmp_path, 3))
+    cfg = S.FeatureConfig(n_mels=20)
+    first, cached1 = S.compute_features(clips, cfg, cache_dir=tmp_path / "cache")
+    second, cached2 = S.compute_features(clips, cfg, cache_dir=tmp_path / "cache")
+    assert (cached1, cached2) == (False, True)
+    for x, y in zip(first, second):
+        np.testing.assert_array_equal(x, y)
+    wave, sr = S.load_audio(clips[0].audio)
+    assert first[0].shape == (1 + (len(wave) - 200) // 80, 20)
+
+
+def test_buckets_baselines_and_vocab():
+    frames = [5, 17, 9, 30, 12, 3, 22]
+    b = S.make_buckets(frames, 3, 3)
+    assert sorted(int(i) for m in b.members for i in m) == list(range(7))
+    for members, length in zip(b.members, b.lengths):
+        assert length % 3 == 0 and all(frames[i] <= length < frames[i] + 3 or frames[i] < length for i in members)
+        assert length == -(-max(frames[i] for i in members) // 3) * 3
+    hyps = S.baselines(["ab", "abcd", "abcdef"], [1.0, 1.0, 1.0], [2.0, 0.5], 2)  # 4 chars per second
+    assert hyps == {"empty": ["", ""], "spaces": ["        ", "  "], "median_sentence": ["abcd", "abcd"]}
+    v = S.Vocab(["ba", "c a"])
+    assert v.symbols == ["", " ", "a", "b", "c"] and v.encode("abz") == [2, 3] and v.decode([3, 0, 2]) == "ba"
+
+
+def test_model_loss_on_a_padded_batch_equals_each_utterance_alone():
+    """Bucket padding (frames, labels, weight-0 rows) does not change the CTC loss."""
+    cfg = AcousticConfig(stack=2, dropout=0.0, impl="scan")
+    params = init_acoustic_model(jax.random.key(0), 4, 5, 4, stack=2, num_layers=1)
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((n, 4)).astype(np.float32) for n in (9, 6)]
+    labels = [[1, 2, 2], [3]]
+    split = ST.Split(feats, ["", ""], labels, np.array([0.09, 0.06]))
+    batch = ST.pad_batch(split, [0, 1], 12, 3, 5)
+    loss, _ = jax.jit(make_ctc_loss(cfg))(params, batch, None)
+
+    @jax.jit
+    def alone(x, n, lab):
+        logits, out_len = acoustic_logits(params, x[None], n[None], cfg)
+        return ctc_loss(logits, out_len, lab[None], jnp.array([lab.shape[0]]))[0]
+
+    total = 0.0
+    for f, lab in zip(feats, labels):
+        x = np.zeros((-(-len(f) // 2) * 2, 4), np.float32)
+        x[: len(f)] = f
+        total += float(alone(jnp.asarray(x), jnp.asarray(len(f)), jnp.asarray(lab)))
+    assert float(loss) == pytest.approx(total / 4, rel=1e-5)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("experiments_speech_ctc", ROOT / "experiments" / "speech_ctc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
+    corpus = _write_corpus(tmp_path, 16, split_column=True)
+    out = tmp_path / "out"
+    with cli.fast_compile():
+        _script().main(
+            ["--quick", "--no-progress", "--manifest", str(corpus), "--out", str(out), "--cache", str(tmp_path / "c")]
+        )
+    data = results.load_metrics(out / "metrics.json")
+    assert data["config"]["normalisation"] == S.NORMALISATION
+    assert data["config"]["n_utterances"] == {"train": 8, "dev": 4, "test": 4}
+    rows = {(r["model"], r["metric"], r["split"]): r["value"] for r in data["results"]}
+    for model in ("empty", "spaces", "median_sentence", "greedy", "beam", "beam_lm4"):
+        for split in ("val", "test"):
+            assert 0.0 <= rows[(model, "cer", split)] and 0.0 <= rows[(model, "wer", split)]
+    assert rows[("empty", "cer", "test")] == 1.0 and ("greedy", "cer", "train") in rows
+    assert data["updates"] == data["updates_planned"] == 6
+    assert (out / "speech_ctc.png").stat().st_size > 0 and (out / "checkpoint").is_dir()
+    assert "ref:" in (out / "samples.txt").read_text(encoding="utf-8")
+    json.dumps(data)
+
+
+def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):
+    code = cli.run_main(_script().main, ["--quick", "--manifest", str(tmp_path / "none.tsv"), "--out", str(tmp_path)])
+    assert code == 2 and "expected an existing manifest" in capsys.readouterr().err
