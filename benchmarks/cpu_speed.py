@@ -7,7 +7,7 @@
 
 Contenders per config ``(B, T, D, H, layers)``: torch ``nn.LSTM(num_layers=L)`` (oneDNN,
 ``torch.set_num_threads(cores)``), flax linen ``L x nn.RNN(nn.OptimizedLSTMCell)``, and lstm_jax
-``lstm(...)`` with ``impl`` = ``scan``, ``fused``, ``cpu_kernel`` and ``auto`` (what
+``lstm(...)`` with ``impl`` = ``scan``, ``fused``, ``cpu_kernel``, ``cpu_hybrid`` and ``auto`` (what
 ``backends.choose`` picks here). A forward pass is the network's outputs; a train step is
 value and gradient of a mean-squared loss of the outputs, then an Adam update. All contenders of
 a config are compiled and warmed first, then timed interleaved round-robin (the start rotates),
@@ -43,7 +43,7 @@ CONFIGS = {  # B, T, D, H, layers
     "medium_3l": (64, 256, 64, 256, 3),
 }
 QUICK_CONFIGS = {"tiny": (4, 16, 4, 8, 1), "tiny_3l": (4, 16, 4, 8, 3)}
-OURS = ("scan", "fused", "cpu_kernel", "auto")
+OURS = ("scan", "fused", "cpu_kernel", "cpu_hybrid", "auto")
 
 
 def build_ours(cfg, jit, impl):

@@ -145,3 +145,28 @@ def test_a_failed_compile_reports_the_compiler_output(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="compiling lstm_cpu.cc failed"):
         cpu_build.build(force=True)
     assert not list(tmp_path.rglob("*.so"))  # nothing half-written is left for a later load
+
+
+def test_hybrid_runs_scan_undifferentiated_and_the_kernel_under_grad(monkeypatch):
+    from lstm_jax.backends import cpu_hybrid
+    from lstm_jax.backends import scan as scan_backend
+
+    params, xs, state, lengths, cts = _problem(3, 6, 3, 5, 2, True, [6, 1, 4])
+    kwargs = {"lengths": lengths, "dropout": 0.2, "recurrent_dropout": 0.3, "dropout_key": jax.random.key(5)}
+    (_, out_ref), g_ref = _loss_and_grads("scan", params, xs, state, cts, kwargs)
+    (_, out), g = _loss_and_grads("cpu_hybrid", params, xs, state, cts, kwargs)
+    _close(out, out_ref, **TOL)
+    _close(g, g_ref, **TOL)
+    # which program runs: count the calls of each backend while tracing
+    calls = []
+    for module in (scan_backend, cpu_kernel):
+        real = module.run
+        monkeypatch.setattr(
+            module, "run", lambda *a, _real=real, _m=module.__name__, **k: calls.append(_m) or _real(*a, **k)
+        )
+    call = LayerCall(lengths=lengths)
+    jax.jit(lambda p, x: cpu_hybrid.run(p, x, call)).lower(params, xs)
+    assert calls == ["lstm_jax.backends.scan"]
+    calls.clear()
+    jax.jit(jax.grad(lambda p, x: jnp.sum(cpu_hybrid.run(p, x, call)[0]))).lower(params, xs)
+    assert calls == ["lstm_jax.backends.cpu_kernel"]

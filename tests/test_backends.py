@@ -31,12 +31,14 @@ def test_registry_lists_reference_and_fused():
 @pytest.mark.parametrize(
     "params,expected",
     [
-        (init_lstm(KEY, 4, 8), "fused"),
+        (init_lstm(KEY, 4, 8), "cpu_hybrid"),
+        (init_lstm(KEY, 4, 129), "fused"),  # above the d_h where the kernel was measured faster
+        (init_lstm(KEY, 4, 8, dtype=jnp.bfloat16), "scan"),  # neither custom VJP takes bfloat16 weights
         (init_lstm(KEY, 4, 8, peephole=True), "scan"),
         (init_lstm(KEY, 4, 8, proj_size=3), "scan"),
         (init_gru(KEY, 4, 8), "scan"),
     ],
-    ids=["plain", "peephole", "proj", "gru"],
+    ids=["plain", "plain_wide", "plain_bf16", "peephole", "proj", "gru"],
 )
 def test_auto_policy_on_cpu(params, expected):
     assert backends.choose(params, XS, LayerCall(), platform="cpu") == expected
@@ -77,7 +79,7 @@ def test_every_backend_matches_scan_or_says_why_not(name):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fused", "cpu_kernel", "auto"])
+@pytest.mark.parametrize("name", ["fused", "cpu_kernel", "cpu_hybrid", "auto"])
 def test_forward_mode_through_a_custom_vjp_backend_names_scan(name):
     params = init_lstm(KEY, 4, 5)
     f = lambda impl: lambda x: lstm_jax.lstm(params, x, impl=impl)[0]  # noqa: E731

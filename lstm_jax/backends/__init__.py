@@ -22,20 +22,33 @@ first use, so a backend with heavy or platform-specific imports costs nothing un
 >>> params = init_lstm(jax.random.key(0), 3, 8)
 >>> names()[:2]
 ('scan', 'fused')
->>> choose(params, jnp.ones((2, 5, 3)), LayerCall(), platform="cpu")
+>>> choose(params, jnp.ones((2, 5, 3)), LayerCall(), platform="gpu")
 'fused'
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 import jax
 
 from lstm_jax.typing import Array, DType, PRNGKey, PyTree
 
-__all__ = ["AUTO_ORDER", "Backend", "LayerCall", "choose", "get", "names", "register", "resolve", "run", "describe"]
+__all__ = [
+    "AUTO_ORDER",
+    "AUTO_WHEN",
+    "Backend",
+    "LayerCall",
+    "choose",
+    "get",
+    "names",
+    "register",
+    "resolve",
+    "run",
+    "describe",
+]
 
 
 class LayerCall(NamedTuple):
@@ -101,18 +114,36 @@ register(
     "cpu_kernel",
     "plain float32 LSTMs on CPU: the recurrence in a C++ XLA FFI kernel (OpenBLAS GEMM + fused gates), custom VJP",
 )
+register(
+    "cpu_hybrid",
+    "cpu_hybrid",
+    "plain float32 LSTMs on CPU: the XLA scan when not differentiated, the cpu_kernel forward and "
+    "backward when differentiated (one custom VJP)",
+)
 
 # impl="auto": per platform, the first of these that supports the call (see ``choose``).
 # CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast
 # (benchmarks/run.py); every other call falls back to scan.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("fused", "scan"),
+    # CPU (benchmarks/cpu_speed.py, 2-core machine): cpu_hybrid trains 1.1-1.6x faster than the
+    # others at d_h = 64 and forwards as scan does; at d_h = 256 the four are within 5 % in training.
+    "cpu": ("cpu_hybrid", "fused", "scan"),
     # GPU: "cudnn" is not first (yet): jax.experimental.rnn copies seq_lengths to the host and
     # synchronises on every call (no CUDA-graph capture) and public reports put it at 27-47 us/step
     # against ~8-10 us for lax.scan; benchmarks/gpu.py measures both -- put "cudnn" first only if it wins.
     # "parallel" is research mode and never picked by "auto".
     "gpu": ("fused", "scan"),
     "tpu": ("fused", "scan"),
+}
+
+
+def _max_hidden(params) -> int:
+    return max(int(p.w_h.shape[0]) for layer in params.layers for p in layer)
+
+
+# Where a backend in AUTO_ORDER is picked only for some shapes: name -> (rule(params, xs, call), why).
+AUTO_WHEN: dict[str, tuple[Callable[..., bool], str]] = {
+    "cpu_hybrid": (lambda params, xs, call: _max_hidden(params) <= 128, "d_h <= 128 (measured faster there)"),
 }
 _AUTO_DEFAULT = ("scan",)
 
@@ -143,14 +174,20 @@ def _platform() -> str:
 
 
 def choose(params, xs, call: LayerCall, platform: Optional[str] = None) -> str:
-    """The backend ``impl="auto"`` runs: the first of ``AUTO_ORDER[platform]`` that supports the call.
+    """The backend ``impl="auto"`` runs: the first of ``AUTO_ORDER[platform]`` that supports the call
+    and whose ``AUTO_WHEN`` rule, if it has one, holds.
 
-    Today: on CPU, GPU and TPU, ``"fused"`` for plain LSTMs (no peephole, LayerNorm,
-    projection or separate ``compute_dtype``; float32/float64 weights), else ``"scan"``.
-    ``platform`` defaults to ``jax.default_backend()``.
+    Today, for plain LSTMs (no peephole, LayerNorm, projection or separate ``compute_dtype``): on
+    CPU ``"cpu_hybrid"`` for float32 weights with every ``d_h <= 128`` when the C++ kernel is built
+    (XLA scan forward, kernel forward + backward when differentiated), else ``"fused"``; on GPU
+    and TPU ``"fused"``. Every other call: ``"scan"``. ``platform`` defaults to
+    ``jax.default_backend()``.
     """
     order = AUTO_ORDER.get(platform or _platform(), _AUTO_DEFAULT)
     for name in order:
+        rule = AUTO_WHEN.get(name)
+        if rule is not None and not rule[0](params, xs, call):
+            continue
         if unsupported(name, params, xs, call) is None:
             return name
     return "scan"
@@ -197,5 +234,6 @@ def describe() -> str:
     rows = ["| impl | module | what it is |", "|---|---|---|"]
     rows += [f"| `{b.name}` | `backends.{b.module}` | {b.summary} |" for b in _REGISTRY.values()]
     rows += ["", '| platform | `impl="auto"` tries, in order |', "|---|---|"]
-    rows += [f"| {p} | {', '.join(order)} |" for p, order in AUTO_ORDER.items()]
+    when = lambda n: f"{n} (if {AUTO_WHEN[n][1]})" if n in AUTO_WHEN else n  # noqa: E731
+    rows += [f"| {p} | {', '.join(map(when, order))} |" for p, order in AUTO_ORDER.items()]
     return "\n".join(rows)
