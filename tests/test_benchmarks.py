@@ -144,7 +144,15 @@ def test_cpu_speed_quick_run_tabulates_every_backend_against_its_peers(tmp_path)
     report = json.loads((tmp_path / "cpu_speed.json").read_text())
     assert set(report["results"]) == {"tiny", "tiny_3l"}
     for res in report["results"].values():
-        assert {"torch", "flax_linen", "ours_scan", "ours_fused", "ours_cpu_kernel", "ours_cpu_hybrid", "ours_auto"} <= set(res)
+        assert {
+            "torch",
+            "flax_linen",
+            "ours_scan",
+            "ours_fused",
+            "ours_cpu_kernel",
+            "ours_cpu_hybrid",
+            "ours_auto",
+        } <= set(res)
         assert all(res[k][m] > 0 for k in res if k != "cfg" for m in ("fwd", "train"))
     table = (tmp_path / "cpu_speed.md").read_text()
     assert table.count("| tiny") == 4 and "cpu_kernel ms (x torch, x flax)" in table
