@@ -4,7 +4,7 @@ The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped 
 and OpenBLAS from the ``scipy-openblas32`` wheel (the ``cpu-kernel`` extra). It is compiled
 with the system ``g++`` (or ``$CXX``) the first time it is needed -- or ahead of time with
 ``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
-folder keyed by the source, the flags, jaxlib's version and the BLAS
+folder keyed by the source, the flags, jaxlib's version and the BLAS (version and folder)
 (``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``), and loaded with ``ctypes``. Compiling at
 first use rather than at ``pip install`` time keeps the package a pure-Python wheel that installs
 without a compiler and without jaxlib in the build environment; the compiled library is reused
@@ -95,7 +95,9 @@ def build(force: bool = False) -> Path:
     if blas is None:
         raise RuntimeError("scipy-openblas32 is not installed (pip install 'lstm_jax[cpu-kernel]')")
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *FLAGS, importlib.metadata.version("jaxlib"), blas.__version__, cxx]).encode()
+        "\0".join(
+            [SOURCE.read_text(), *FLAGS, importlib.metadata.version("jaxlib"), blas.__version__, blas.get_lib_dir(), cxx]
+        ).encode()
     ).hexdigest()[:16]
     out = _cache_dir() / key / "liblstm_jax_cpu.so"
     if out.exists() and not force:
