@@ -140,12 +140,12 @@ def build_equinox(kind, cfg, jit):
 
 
 # --------------------------------------------------------------------------- torch
-def build_torch(kind, cfg, jit=None):
+def build_torch(kind, cfg, jit=None, layers: int = 1):
     import torch
 
     b, t, d, h = cfg
     torch.manual_seed(0)
-    layer = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(d, h, batch_first=True)
+    layer = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(d, h, num_layers=layers, batch_first=True)
     xs_np, target_np = _data(cfg)
     xs, target = torch.from_numpy(xs_np), torch.from_numpy(target_np)
     opt = torch.optim.Adam(layer.parameters(), lr=LR)

@@ -71,28 +71,7 @@ def build_flax(cfg, jit):
 
 
 def build_torch(cfg):
-    import torch
-
-    b, t, d, h, layers = cfg
-    torch.manual_seed(0)
-    layer = torch.nn.LSTM(d, h, num_layers=layers, batch_first=True)
-    xs_np, target_np = bench_peers._data(cfg[:4])
-    xs, target = torch.from_numpy(xs_np), torch.from_numpy(target_np)
-    opt = torch.optim.Adam(layer.parameters(), lr=bench_peers.LR)
-
-    def fwd():
-        with torch.inference_mode():
-            return layer(xs)[0]
-
-    def train():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.mean((layer(xs)[0] - target) ** 2)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    fwd(), train()
-    return {"fwd": fwd, "train": train}
+    return bench_peers.build_torch("lstm", cfg[:4], layers=cfg[4])
 
 
 def contenders(cfg, jit) -> dict:

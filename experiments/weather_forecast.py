@@ -97,21 +97,7 @@ def run(args):
     if args.horizon > 1 or args.likelihood != "point":
         return run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble, batch_size)
     data = forecast.forecast_data(table, window=args.window, test_days=test_days, val_days=val_days)
-    config = dict(
-        vars(args),
-        dataset=table.name,
-        target=table.target,
-        features=list(data.feature_names),
-        test_days=test_days,
-        val_days=val_days,
-        epochs=epochs,
-        hidden=hidden,
-        ensemble=ensemble,
-        batch_size=batch_size,
-        n_train=len(data.train["x"]),
-        n_val=len(data.val["x"]),
-        n_test=len(data.test["x"]),
-    )
+    config = run_config(args, table, data, test_days, val_days, epochs, hidden, ensemble, batch_size)
     res = results.Results("weather_forecast", config)
 
     # ---- baselines on the same test windows, then an ensemble of recurrent forecasters
@@ -147,12 +133,9 @@ def run(args):
     )
 
 
-def run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble, batch_size):
-    """The ``--horizon`` / ``--likelihood`` path: a distribution for each of the next H days."""
-    data = probabilistic.horizon_data(
-        table, window=args.window, horizon=args.horizon, test_days=test_days, val_days=val_days
-    )
-    config = dict(
+def run_config(args, table, data, test_days, val_days, epochs, hidden, ensemble, batch_size) -> dict:
+    """The flags and what the run derived from them (the ``config`` of ``metrics.json``)."""
+    return dict(
         vars(args),
         dataset=table.name,
         target=table.target,
@@ -166,8 +149,16 @@ def run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble
         n_train=len(data.train["x"]),
         n_val=len(data.val["x"]),
         n_test=len(data.test["x"]),
-        forecast="direct multi-output",
     )
+
+
+def run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble, batch_size):
+    """The ``--horizon`` / ``--likelihood`` path: a distribution for each of the next H days."""
+    data = probabilistic.horizon_data(
+        table, window=args.window, horizon=args.horizon, test_days=test_days, val_days=val_days
+    )
+    config = run_config(args, table, data, test_days, val_days, epochs, hidden, ensemble, batch_size)
+    config["forecast"] = "direct multi-output"
     res = results.Results("weather_forecast", config)
     preds, forecaster, scores = probabilistic.probabilistic_experiment(
         res,
