@@ -96,7 +96,14 @@ def build(force: bool = False) -> Path:
         raise RuntimeError("scipy-openblas32 is not installed (pip install 'lstm_jax[cpu-kernel]')")
     key = hashlib.sha256(
         "\0".join(
-            [SOURCE.read_text(), *FLAGS, importlib.metadata.version("jaxlib"), blas.__version__, blas.get_lib_dir(), cxx]
+            [
+                SOURCE.read_text(),
+                *FLAGS,
+                importlib.metadata.version("jaxlib"),
+                blas.__version__,
+                blas.get_lib_dir(),
+                cxx,
+            ]
         ).encode()
     ).hexdigest()[:16]
     out = _cache_dir() / key / "liblstm_jax_cpu.so"
