@@ -106,19 +106,7 @@ def run(args):
         data,
         dataset=table.name,
         unit=table.unit,
-        cell=args.cell,
-        ensemble=ensemble,
-        hidden=hidden,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=args.lr,
-        dropout=args.dropout,
-        seed=args.seed,
-        impl=args.impl,
-        residual=args.residual,
-        bagging=args.bagging,
-        refit=args.refit and not args.quick,
-        progress=not args.no_progress,
+        **train_kwargs(args, ensemble, hidden, epochs, batch_size),
         desc=f"{args.cell} x{ensemble} {table.name}",
     )
     results.finish(
@@ -152,6 +140,25 @@ def run_config(args, table, data, test_days, val_days, epochs, hidden, ensemble,
     )
 
 
+def train_kwargs(args, ensemble, hidden, epochs, batch_size) -> dict:
+    """What both forecasting paths hand to their ensemble trainer."""
+    return dict(
+        cell=args.cell,
+        ensemble=ensemble,
+        seed=args.seed,
+        hidden=hidden,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=args.lr,
+        dropout=args.dropout,
+        impl=args.impl,
+        bagging=args.bagging,
+        residual=args.residual,
+        refit=args.refit and not args.quick,
+        progress=not args.no_progress,
+    )
+
+
 def run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble, batch_size):
     """The ``--horizon`` / ``--likelihood`` path: a distribution for each of the next H days."""
     data = probabilistic.horizon_data(
@@ -165,22 +172,10 @@ def run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble
         data,
         dataset=table.name,
         unit=table.unit,
-        cell=args.cell,
+        **train_kwargs(args, ensemble, hidden, epochs, batch_size),
         likelihood=args.likelihood,
         levels=args.levels,
-        ensemble=ensemble,
-        seed=args.seed,
-        hidden=hidden,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=args.lr,
-        dropout=args.dropout,
-        impl=args.impl,
-        bagging=args.bagging,
-        residual=args.residual,
         highway=args.highway,
-        refit=args.refit and not args.quick,
-        progress=not args.no_progress,
         desc=f"{args.cell} x{ensemble} {table.name} h{args.horizon} {args.likelihood}",
     )
     results.finish(
