@@ -35,7 +35,7 @@ METRICS = ("roc_auc", "average_precision", "best_f1", "top1_hit")
 
 
 def parse(argv):
-    p = cli.make_parser("anomaly", __doc__.splitlines()[0])
+    p = cli.make_parser("anomaly", __doc__.splitlines()[0], seeds=False)
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: %(default)s)")
     p.add_argument("--csv", help="your labelled series (a CSV file)")
     p.add_argument("--value-col", default="value")
@@ -209,7 +209,7 @@ def plot(found, path):
     results.save_figure(fig, path)
 
 
-main = cli.make_main(parse, run)
+main = cli.make_main(parse, run, native_seeds=True)  # its --seeds are the injected protocol's
 
 if __name__ == "__main__":
     sys.exit(cli.run_main(main))

@@ -111,15 +111,17 @@ def run(args):
         progress=not args.no_progress,
         desc=f"{args.cell} {name}",
     )
+    blocks = char_lm.lm_block_bits(lm.params, data.test)  # [streams, chunks] of 200 characters
     res.add(
         name,
         args.cell,
         "bits_per_char",
         "test",
-        char_lm.lm_bits_per_char(lm.params, data.test),
+        float(blocks.mean()),
         updates=lm.updates,
         chars_seen=lm.updates * args.batch_size * seq_len,
     )
+    res.add_examples(name, args.cell, "bits_per_char", "test", blocks.ravel(), baseline=False)
     res.record_budget(
         lm.updates, lm.updates_planned, stopped_early=lm.stopped_early, why=f"the --minutes {args.minutes} cap"
     )

@@ -4,6 +4,7 @@ metrics.json, figure and checkpoint) and write one markdown table, or tabulate e
     python experiments/compare_cells.py                   # reduced budgets, ~10 minutes in all
     python experiments/compare_cells.py --full            # each script's default budget (about an hour)
     python experiments/compare_cells.py --collect results # only tabulate metrics.json files found under results/
+    python experiments/compare_cells.py --seeds 5         # every run over 5 seeds (summaries, intervals)
     python experiments/compare_cells.py --quick           # smoke test
 
 Outputs in ``--out``: ``<task>/<cell>/`` (each run's metrics.json, figure, checkpoint),
@@ -26,7 +27,7 @@ TASKS = ("weather_forecast", "long_range", "speaker_id", "handwriting", "char_lm
 REDUCED = {
     "weather_forecast": ["--ensemble", "4", "--epochs", "30"],
     "long_range": ["--tasks", "adding", "--lengths", "50", "200", "--steps", "1200"],
-    "speaker_id": ["--epochs", "60"],
+    "speaker_id": ["--epochs", "60", "--min-updates", "0"],
     "handwriting": ["--epochs", "8"],
     "char_lm": ["--steps", "150"],  # an update budget, never a wall-clock cap
     "sentiment": ["--epochs", "4"],
@@ -55,6 +56,8 @@ def run_task(task, cell, args, out):
         argv += REDUCED[task]
     if args.no_progress:
         argv.append("--no-progress")
+    if args.seeds > 1:
+        argv += ["--seeds", str(args.seeds)]
     print(f"$ python experiments/{task}.py {' '.join(argv)}", flush=True)
     spec = importlib.util.spec_from_file_location(f"experiments_{task}", HERE / f"{task}.py")
     module = importlib.util.module_from_spec(spec)

@@ -51,13 +51,10 @@ def parse(argv):
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seeds", type=int, default=1, help="trainings per (task, T, cell) (default: %(default)s)")
     p.add_argument("--grad-length", type=int, default=200, help="T of the gradient figure (adding problem)")
     args = p.parse_args(argv)
     if any(t < 20 for t in args.lengths):
         p.error(f"expected every --lengths value >= 20, got {args.lengths}")
-    if args.seeds < 1:
-        p.error(f"expected --seeds >= 1, got {args.seeds}")
     return args
 
 
@@ -154,6 +151,7 @@ def run(args):
                 seeds=len(seeds),
                 solved_runs=sum(bool(solved(v)) for v in values),
                 statistic="median",
+                summary=True,
             )
         if cell == cells[-1]:  # baselines once per (task, T), on the same test set
             if metric == "mse":
@@ -245,7 +243,7 @@ def plot_gradients(curves, path):
     results.save_figure(fig, path)
 
 
-main = cli.make_main(parse, run)
+main = cli.make_main(parse, run, native_seeds=True)
 
 if __name__ == "__main__":
     sys.exit(cli.run_main(main))

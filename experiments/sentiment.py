@@ -67,15 +67,15 @@ def run(args):
     )
     res = results.Results("sentiment", config)
 
-    acc = lambda p: classify.accuracy(p, ds.test_y)  # noqa: E731
-    res.add(ds.name, "majority_class", "accuracy", "test", acc(B.majority_class(train_y, len(ds.test_y))))
+    base = lambda name, preds: classify.add_baseline(res, ds.name, name, preds, ds.test_y)  # noqa: E731
+    base("majority_class", B.majority_class(train_y, len(ds.test_y)))
     cs = (10.0,) if args.quick else (0.3, 1.0, 3.0, 10.0, 30.0)  # C by 5-fold CV on train
-    res.add(ds.name, "tfidf_logreg", "accuracy", "test", acc(B.tfidf_logreg(train_text, train_y, ds.test_text, Cs=cs)))
+    base("tfidf_logreg", B.tfidf_logreg(train_text, train_y, ds.test_text, Cs=cs))
 
     embed_init = None
     if args.embed_init == "ppmi_svd":  # from the training texts only, no labels
         embed_init = text.ppmi_svd_vectors(train_tokens, vocab, args.embed, seed=args.seed)
-    result, _ = classify.classifier_experiment(
+    trained, _ = classify.classifier_experiment(
         res,
         ds.name,
         train_set,
@@ -95,7 +95,7 @@ def run(args):
         vocab_size=len(vocab.words),
         embed_init=embed_init,
         weight_decay=1e-4,
-        seed=args.seed,
+        seeds=range(args.seed, args.seed + args.seeds),
         impl=args.impl,
         progress=not args.no_progress,
         desc=f"{args.cell} reviews",
@@ -103,12 +103,13 @@ def run(args):
     results.finish(
         res,
         args.out,
-        result.params,
-        step=int(result.state.step),
-        figures={"sentiment.png": lambda path: plot(result.history, res, args.cell, path)},
+        trained.params,
+        step=trained.step,
+        figures={"sentiment.png": lambda path: plot(trained.histories[0], res, args.cell, path)},
         header=f"fine-food reviews: {len(keep)} train / {len(held)} val / {len(ds.test_y)} test, vocab "
         f"{len(vocab.words)}, {'bi' if args.bidirectional else ''}{args.cell}({hidden}) {args.readout}-pooled, "
-        f"best epoch {result.best_epoch}/{epochs}",
+        f"best epoch {','.join(map(str, trained.best_epoch))}/{epochs}"
+        + (f", {args.seeds} seeds" if args.seeds > 1 else ""),
     )
 
 
@@ -127,7 +128,7 @@ def plot(history, res, cell, path):
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
     ax.set_title(f"{cell}: learning curve", fontsize=9)
-    rows = [r for r in res.rows if r["split"] == "test"]
+    rows = res.summary("test")
     bx.barh([r["model"] for r in rows], [r["value"] for r in rows], color="tab:blue")
     for i, r in enumerate(rows):
         bx.text(r["value"], i, f" {r['value']:.3f}", va="center", fontsize=8)
@@ -136,7 +137,7 @@ def plot(history, res, cell, path):
     results.save_figure(fig, path)
 
 
-main = cli.make_main(parse, run)
+main = cli.make_main(parse, run, native_seeds=True)
 
 if __name__ == "__main__":
     sys.exit(cli.run_main(main))

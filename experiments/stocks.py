@@ -68,6 +68,9 @@ def run(args):
             ticker, args.cell, "rmse", "test", sc["rmse"], dm_statistic=sc["dm_statistic"], dm_p_value=sc["dm_p_value"]
         )
         res.add(ticker, "random_walk", "rmse", "test", sc["rmse_random_walk"])
+        r = data.returns[ticker]
+        res.add_examples(ticker, args.cell, "rmse", "test", (preds[ticker] - r) ** 2, baseline=False, paired_test="dm")
+        res.add_examples(ticker, "random_walk", "rmse", "test", r**2, baseline=True, paired_test="dm")
         res.add(ticker, args.cell, "direction_accuracy", "test", sc["direction_accuracy"])
         res.add(ticker, sc["direction_baseline_name"], "direction_accuracy", "test", sc["direction_baseline"])
         res.add(ticker, args.cell, "dm_p_value", "test", sc["dm_p_value"], against="random_walk")

@@ -498,7 +498,7 @@ BAD_INPUT = [
     ("char_lm", ["--text-file", "{missing}"], "expected an existing text file"),
     ("char_lm", ["--minutes", "0"], "expected --minutes > 0, got 0.0"),
     ("long_range", ["--lengths", "5"], "expected every --lengths value >= 20"),
-    ("long_range", ["--seeds", "0"], "expected --seeds >= 1, got 0"),
+    ("long_range", ["--seeds", "0"], "argument --seeds: expected an integer >= 1, got 0"),
     ("sentiment", ["--readout", "last"], "invalid choice"),
     ("compare_cells", ["--collect", "{empty}"], "expected metrics.json files"),
 ]
@@ -582,3 +582,32 @@ def test_lm_chunk_loss_dropout_only_with_a_key_and_matches_apply_seq_model():
     ref = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), piece["y"][..., None], axis=-1))
     np.testing.assert_allclose(noisy, ref, rtol=1e-5)
     assert abs(float(noisy) - float(plain)) > 1e-4
+
+
+# --------------------------------------------------------------------------- seeds
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENTS.glob("*.py")))
+def test_every_experiment_takes_seeds(name):
+    # (anomaly's --seeds are its injected-protocol seeds; compare_cells passes it to each task)
+    assert _script(name).parse(["--seeds", "3"]).seeds == 3
+
+
+def test_speaker_id_quick_trains_two_seeds_in_one_program(tmp_path):
+    _script("speaker_id").main(["--quick", "--no-progress", "--seeds", "2", "--out", str(tmp_path)])
+    data = _check_outputs(tmp_path, "speaker_id", ["confusion.png"], ["1nn_dtw"], ["lstm", "lstm_ensemble"])
+    rows = [r for r in data["results"] if r["model"] == "lstm" and r["split"] == "test"]
+    assert sorted(r["seed"] for r in rows if not r.get("summary")) == [0, 1]
+    (summary,) = [r for r in rows if r.get("summary")]
+    assert summary["value"] == pytest.approx(np.mean([r["value"] for r in rows if not r.get("summary")]))
+    compared = {c["model"]: c for c in data["comparisons"]}
+    assert compared["lstm"]["seeds"] == 2 and compared["lstm"]["baseline"] in ("1nn_dtw", "1nn_euclidean")
+    assert compared["lstm"]["low"] <= compared["lstm"]["difference"] <= compared["lstm"]["high"]
+
+
+def test_weather_forecast_quick_over_two_seeds_merges_the_runs(tmp_path):
+    _script("weather_forecast").main(["--quick", "--no-progress", "--seeds", "2", "--out", str(tmp_path)])
+    data = results.load_metrics(tmp_path / "metrics.json")
+    assert [r["seed"] for r in data["runs"]] == [0, 1]
+    assert all((tmp_path / f"seed{s}" / "metrics.json").exists() for s in (0, 1))
+    (cmp,) = [c for c in data["comparisons"] if c["metric"] == "rmse"]
+    assert cmp["seeds"] == 2 and cmp["model"] == "lstm" and 0.0 <= cmp["p_dm"] <= 1.0
+    assert (tmp_path / "seeds.png").stat().st_size > 1000

@@ -31,7 +31,9 @@ __all__ = [
     "lm_chunk_loss",
     "make_lm_train_step",
     "lm_random_windows",
+    "lm_block_bits",
     "lm_bits_per_char",
+    "ngram_block_bits",
     "lm_sample",
     "CharLMRun",
     "train_char_lm",
@@ -131,27 +133,56 @@ def lm_random_windows(ids: np.ndarray, batch_size: int, length: int, rng: np.ran
 _LM_CHUNK: dict = {}
 
 
-def lm_bits_per_char(params: SeqModel, ids: np.ndarray, *, streams: int = 32, chunk: int = 200) -> float:
-    """Bits per character of ``ids`` read as ``streams`` parallel streams, state carried across
-    chunks, so every character after the first of its stream is scored with its whole left
-    context in the stream. (The last ``< streams * chunk`` characters are not scored.)"""
-    n = (len(ids) - 1) // streams
+def _streams(n_ids: int, streams: int, chunk: int) -> tuple:
+    n = (n_ids - 1) // streams
     n_chunks = n // chunk
     if n_chunks < 1:
-        raise ValueError(f"expected at least {streams * chunk + 1} ids, got {len(ids)}")
-    n = n_chunks * chunk
+        raise ValueError(f"expected at least {streams * chunk + 1} ids, got {n_ids}")
+    return n_chunks * chunk, n_chunks
+
+
+def lm_block_bits(params: SeqModel, ids: np.ndarray, *, streams: int = 32, chunk: int = 200) -> np.ndarray:
+    """Bits per character of every ``chunk``-character block: ``[streams, n_chunks]``.
+
+    ``ids`` is read as ``streams`` parallel streams (stream ``i`` starts at ``i * n``), the
+    state carried across chunks, so every character after the first of its stream is scored
+    with its whole left context in the stream. Block ``(i, c)`` scores the characters at
+    ``i * n + c * chunk + 1 ..`` (``+ chunk``); the last ``< streams * chunk`` are not scored.
+    The blocks are the units of the paired bootstrap against the n-gram baselines
+    (``ngram_block_bits``)."""
+    n, n_chunks = _streams(len(ids), streams, chunk)
     ids = np.asarray(ids)
     inputs = np.stack([ids[i * n : (i + 1) * n] for i in range(streams)])
     targets = np.stack([ids[i * n + 1 : (i + 1) * n + 1] for i in range(streams)])
     if "fn" not in _LM_CHUNK:
-        _LM_CHUNK["fn"] = jax.jit(lambda p, c, x, y: lm_chunk_loss(p, c, {"x": x, "y": y}, None))
-    run = _LM_CHUNK["fn"]
-    carry, total = lm_zero_state(params, streams), 0.0
+
+        def block(p, c, x, y):
+            logits, c = apply_seq_model(p, x, readout="sequence", initial_state=c, return_state=True)
+            nats = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[..., None], axis=-1)[..., 0]
+            return jnp.mean(nats, axis=1) / math.log(2.0), c
+
+        _LM_CHUNK["fn"] = jax.jit(block)
+    carry, out = lm_zero_state(params, streams), []
     for c in range(n_chunks):
         sl = slice(c * chunk, (c + 1) * chunk)
-        loss, (carry, _) = run(params, carry, inputs[:, sl], targets[:, sl])
-        total += float(loss)
-    return total / n_chunks / math.log(2.0)
+        bits, carry = _LM_CHUNK["fn"](params, carry, inputs[:, sl], targets[:, sl])
+        out.append(np.asarray(bits, np.float64))
+    return np.stack(out, axis=1)
+
+
+def lm_bits_per_char(params: SeqModel, ids: np.ndarray, *, streams: int = 32, chunk: int = 200) -> float:
+    """Bits per character of ``ids``: the mean of ``lm_block_bits`` (equal-sized blocks)."""
+    return float(lm_block_bits(params, ids, streams=streams, chunk=chunk).mean())
+
+
+def ngram_block_bits(model, ids: np.ndarray, *, streams: int = 32, chunk: int = 200) -> np.ndarray:
+    """An n-gram model's bits per character on the blocks of ``lm_block_bits``: ``[streams, n_chunks]``."""
+    from lstm_jax import baselines as B
+
+    n, n_chunks = _streams(len(ids), streams, chunk)
+    bits = -B.ngram_log_probs(model, np.asarray(ids)) / math.log(2.0)
+    starts = np.arange(streams)[:, None] * n + np.arange(n_chunks)[None, :] * chunk + 1
+    return bits[starts[..., None] + np.arange(chunk)].mean(axis=-1)
 
 
 _SAMPLERS: dict = {}
@@ -268,7 +299,11 @@ def add_ngram_baselines(res: Results, dataset: str, data: CharData, *, order: in
 
     for smoothing, label in (("witten_bell", "wb"), ("kneser_ney", "kn")):
         model = B.fit_ngram(data.train, len(data.vocab.chars), order=order, smoothing=smoothing)
-        res.add(dataset, f"{order}gram_{label}", "bits_per_char", "test", B.ngram_bits_per_char(model, data.test))
+        name = f"{order}gram_{label}"
+        res.add(dataset, name, "bits_per_char", "test", B.ngram_bits_per_char(model, data.test))
+        if len(data.test) > 32 * 200:
+            blocks = ngram_block_bits(model, data.test).ravel()
+            res.add_examples(dataset, name, "bits_per_char", "test", blocks, baseline=True)
 
 
 def lm_samples(params: SeqModel, vocab: CharVocab, prompt: str, n_chars: int, temperatures: Sequence[float]) -> list:

@@ -25,6 +25,7 @@ __all__ = [
     "CELLS",
     "UsageError",
     "ArgumentParser",
+    "positive_int",
     "make_parser",
     "make_main",
     "run_main",
@@ -47,8 +48,26 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def make_parser(name: str, description: str, *, default_cell: Optional[str] = "lstm") -> ArgumentParser:
-    """The flags every experiment takes: ``--quick --cell --seed --impl --out --no-progress``.
+def positive_int(text: str) -> int:
+    """``argparse`` type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def make_parser(
+    name: str, description: str, *, default_cell: Optional[str] = "lstm", seeds: bool = True
+) -> ArgumentParser:
+    """The flags every experiment takes: ``--quick --cell --seed --seeds --impl --out --no-progress``.
+
+    ``--seeds N`` (default 1) trains with seeds ``seed .. seed + N - 1``: in one vmapped
+    program where the script does that itself (``make_main(..., native_seeds=True)``), else
+    one run per seed merged by ``lstm_jax.tasks.seeds.run_seeds``. ``seeds=False`` leaves the
+    flag to a script that gives it another meaning.
 
     ``--impl`` (default ``"auto"``: the backend ``lstm_jax.backends.choose`` picks for the
     platform the script runs on, so the same command is fast on CPU and GPU) is passed to the
@@ -60,6 +79,13 @@ def make_parser(name: str, description: str, *, default_cell: Optional[str] = "l
     parser.add_argument("--quick", action="store_true", help="tiny run (< 60 s) for smoke tests")
     parser.add_argument("--cell", choices=CELLS, default=default_cell, help="recurrent cell (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    if seeds:
+        parser.add_argument(
+            "--seeds",
+            type=positive_int,
+            default=1,
+            help="train with seeds seed..seed+N-1; results per seed, their summary, intervals vs the baselines",
+        )
     parser.add_argument(
         "--impl",
         choices=("auto", *backends.names()),
@@ -72,10 +98,15 @@ def make_parser(name: str, description: str, *, default_cell: Optional[str] = "l
 
 
 def make_main(
-    parse: Callable[[Optional[Sequence[str]]], argparse.Namespace], run: Callable[[argparse.Namespace], Any]
+    parse: Callable[[Optional[Sequence[str]]], argparse.Namespace],
+    run: Callable[[argparse.Namespace], Any],
+    *,
+    native_seeds: bool = False,
 ) -> Callable[[Optional[Sequence[str]]], Any]:
     """A script's ``main(argv=None)``: ``run(parse(argv))``, under ``fast_compile`` with ``--quick``
-    (a quick run's cost is compiling, not running).
+    (a quick run's cost is compiling, not running). With ``--seeds N > 1`` and not
+    ``native_seeds`` (the script trains its seeds itself), ``run`` runs once per seed and the
+    runs are merged (``lstm_jax.tasks.seeds.run_seeds``).
 
     First it starts the distributed runtime when the environment describes a multi-process job
     (``lstm_jax.distributed.initialize_from_env``: ``LSTM_JAX_COORDINATOR`` /
@@ -99,6 +130,10 @@ def make_main(
             raise UsageError(str(e)) from e
         args = parse(argv)
         with fast_compile(bool(getattr(args, "quick", False))):
+            if getattr(args, "seeds", 1) > 1 and not native_seeds:
+                from lstm_jax.tasks import seeds
+
+                return seeds.run_seeds(run, args)
             return run(args)
 
     return main

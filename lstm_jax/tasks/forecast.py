@@ -313,6 +313,8 @@ def forecast_experiment(
         extra = {"ensemble": ensemble} if model == cell else {}
         res.add(dataset, model, "rmse", "test", rmse(pred, y_test), unit=unit, **extra)
         res.add(dataset, model, "mae", "test", mae(pred, y_test), unit=unit, **extra)
+        sq = (np.asarray(pred) - y_test) ** 2
+        res.add_examples(dataset, model, "rmse", "test", sq, baseline=model != cell, paired_test="dm")
     res.add(dataset, cell, "rmse_member_mean", "test", float(np.mean([rmse(m, y_test) for m in members])))
     res.add(dataset, cell, "rmse", "val", rmse(val_pred, val_y), ensemble=ensemble)
     res.add(dataset, "persistence", "rmse", "val", rmse(B.persistence(data.raw["val"]["x"], 0), val_y))

@@ -386,6 +386,9 @@ def probabilistic_experiment(
             res.add(dataset, name, metric, "test", float(np.mean(values)), unit=unit, horizon="mean", **extra)
             for k in range(h):
                 res.add(dataset, name, metric, "test", float(values[k]), horizon=k + 1, **extra)
+    for name, sc in scores.items():  # per test window, the CRPS averaged over the horizons
+        crps = sc["crps_per_window"].mean(axis=1)
+        res.add_examples(dataset, name, "crps", "test", crps, baseline=name != cell, paired_test="dm", dm_horizon=h)
     best = min((n for n in scores if n != cell), key=lambda n: scores[n]["crps"].mean())
     dm = []
     for k in range(h):

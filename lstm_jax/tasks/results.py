@@ -6,6 +6,8 @@
      "platform": "cpu" / "gpu" / "tpu", "device": e.g. "cpu" or "NVIDIA H200",
      "auto_backends": what ``impl="auto"`` tries on this platform, in order,
      "results": [{"task", "dataset", "model", "metric", "split", "value", ...extra}, ...],
+     "comparisons": [each model against the best baseline, ``lstm_jax.tasks.seeds.comparisons``],
+     "examples": [index of the per-example values saved in ``examples.npz``],
      ...extra top-level keys (history, and for step-budgeted runs
         "updates", "updates_planned", "stopped_early")}
 
@@ -13,6 +15,10 @@ In a multi-process job (``lstm_jax.distributed``) every process runs the same sc
 process 0 writes ``metrics.json`` and figures and prints, while checkpoints are saved by every
 process together, as orbax requires (``save_checkpoint``). Figure code runs on every process
 (it may compute with arrays that span all of them); ``save_figure`` writes from process 0.
+
+Runs over several seeds (``--seeds N``) carry a ``seed`` in each row and one summary row per
+result (``summary: true``, ``value`` = mean, ``sd``, ``min``, ``max``, ``seeds``); see
+``lstm_jax.tasks.seeds``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from lstm_jax.typing import PyTree
 __all__ = [
     "Results",
     "load_metrics",
+    "load_examples",
+    "is_main",
     "results_markdown",
     "save_checkpoint",
     "pyplot",
@@ -76,6 +84,8 @@ class Results:
         self.rows: list = []
         self.timer = Timer()
         self.extra: dict = {}
+        self.examples: list = []
+        self._compared: tuple = (None, [])
 
     def add(self, dataset: str, model: str, metric: str, split: str, value: float, **extra) -> None:
         """One row: ``model`` is a cell name or a baseline's name; ``split`` ``val`` or ``test``."""
@@ -91,6 +101,58 @@ class Results:
         }
         row.update(extra)
         self.rows.append(row)
+
+    def add_examples(
+        self,
+        dataset: str,
+        model: str,
+        metric: str,
+        split: str,
+        values,
+        *,
+        baseline: bool,
+        higher_is_better: Optional[bool] = None,
+        statistic: Optional[str] = None,
+        paired_test: Optional[str] = None,
+        seed: Optional[int] = None,
+        dm_horizon: int = 1,
+    ) -> None:
+        """The per-example values ``[n]`` behind a row, for the paired comparisons written to
+        ``metrics.json`` (``lstm_jax.tasks.seeds.comparisons``) and saved in ``examples.npz``.
+
+        ``values``: correctness 0/1 for ``accuracy``, squared errors for ``rmse``, per-example
+        losses otherwise; ``baseline``: a simple baseline (True) or a model under test. The
+        defaults follow the metric: ``accuracy`` is higher-is-better with McNemar's test,
+        ``rmse`` lower-is-better over squared errors, anything else a lower-is-better mean.
+        ``paired_test="dm"`` marks losses in time order (Diebold-Mariano with ``dm_horizon - 1``
+        autocovariance lags).
+        """
+        from lstm_jax.tasks import seeds
+
+        acc = metric == "accuracy"
+        ex = seeds.Examples(
+            dataset,
+            model,
+            metric,
+            split,
+            np.asarray(values),
+            bool(baseline),
+            acc if higher_is_better is None else bool(higher_is_better),
+            statistic or ("rmse" if metric == "rmse" else "mean"),
+            paired_test or ("mcnemar" if acc else "none"),
+            seed,
+            int(dm_horizon),
+        )
+        self.examples.append(seeds.check_examples(ex))
+
+    def comparisons(self) -> list:
+        """Every model against the best baseline on the same examples (computed once per change)."""
+        from lstm_jax.tasks import seeds
+
+        key = tuple((e.dataset, e.model, e.metric, e.split, e.seed) for e in self.examples)
+        if self._compared[0] != key:
+            self._compared = (key, seeds.comparisons(self.examples))
+        return self._compared[1]
 
     def value(self, model: str, metric: str, split: str = "test", **match) -> float:
         """The value of the first row matching ``model``, ``metric``, ``split`` (and extra fields)."""
@@ -122,7 +184,12 @@ class Results:
                 "platform": jax.default_backend(),
                 "device": jax.devices()[0].device_kind,
                 "auto_backends": list(backends.AUTO_ORDER.get(jax.default_backend(), ("scan",))),
-                "results": self.rows,
+                "results": self.rows + _summaries(self.rows),
+                "comparisons": self.comparisons(),
+                "examples": [
+                    dict({k: v for k, v in e._asdict().items() if k != "values"}, key=f"e{i}", n=len(e.values))
+                    for i, e in enumerate(self.examples)
+                ],
                 **self.extra,
             }
         )
@@ -134,11 +201,23 @@ class Results:
         if _main():
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+            if self.examples:
+                np.savez_compressed(out / "examples.npz", **{f"e{i}": e.values for i, e in enumerate(self.examples)})
+            elif (out / "examples.npz").exists():
+                (out / "examples.npz").unlink()
         return path
+
+    def summary(self, split: str = "test") -> list:
+        """The rows of ``split`` with one row per result: over several seeds the summary row
+        (mean, ``sd``...), else the row itself."""
+        rows = [r for r in self.rows + _summaries(self.rows) if r["split"] == split]
+        if any(r.get("summary") for r in rows):
+            rows = [r for r in rows if r.get("summary") or r.get("seed") is None]
+        return rows
 
     def table(self, split: str = "test") -> str:
         """A short text table of the rows of ``split`` (model x metric per dataset)."""
-        rows = [r for r in self.rows if r["split"] == split]
+        rows = self.summary(split)
         if not rows:
             return "(no results)"
         metrics = list(dict.fromkeys(r["metric"] for r in rows))
@@ -149,15 +228,43 @@ class Results:
             cells = [ds, model] + ([str(t)] if len(header) > 2 + len(metrics) else [])
             for m in metrics:
                 vals = [
-                    r["value"]
-                    for r in rows
-                    if (r["dataset"], r["model"], r.get("seq_len"), r["metric"]) == (ds, model, t, m)
+                    r for r in rows if (r["dataset"], r["model"], r.get("seq_len"), r["metric"]) == (ds, model, t, m)
                 ]
-                cells.append(f"{vals[0]:.4g}" if vals else "-")
+                cells.append(_cell(vals[0]) if vals else "-")
             lines.append(cells)
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         fmt = lambda line: "  ".join(str(c).ljust(w) for c, w in zip(line, widths))  # noqa: E731
         return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines[1:]])
+
+
+def _summaries(rows: list) -> list:
+    from lstm_jax.tasks import seeds
+
+    if any(r.get("summary") for r in rows) or len({r.get("seed") for r in rows} - {None}) < 2:
+        return []  # summarised by the script itself, or fewer than two seeds
+    return seeds.summary_rows(rows)
+
+
+def _cell(row: dict) -> str:
+    if row.get("summary") and row.get("seeds", 1) > 1 and "sd" in row:
+        return f"{row['value']:.4g}±{row['sd']:.2g}"
+    return f"{row['value']:.4g}"
+
+
+def load_examples(folder) -> list:
+    """The per-example values a run saved (``metrics.json``'s ``examples`` index and
+    ``examples.npz``) as ``lstm_jax.tasks.seeds.Examples``; ``[]`` when it saved none."""
+    from lstm_jax.tasks import seeds
+
+    folder = Path(folder)
+    index = load_metrics(folder / "metrics.json").get("examples") or []
+    if not index:
+        return []
+    with np.load(folder / "examples.npz") as arrays:
+        return [
+            seeds.Examples(**{k: v for k, v in e.items() if k not in ("key", "n")}, values=arrays[e["key"]])
+            for e in index
+        ]
 
 
 def load_metrics(path) -> dict:
@@ -253,7 +360,8 @@ def finish(
     note: str = "",
 ) -> Path:
     """The end of every script: checkpoint ``params`` (meta: the run's config and ``meta``), draw
-    each figure (``{file name: draw(path)}``), write ``metrics.json``; then print ``header``, the
+    each figure (``{file name: draw(path)}``; ``seeds.png`` too when rows carry seeds), write
+    ``metrics.json``; then print ``header``, the
     test table, ``footer`` and ``note`` with the wall time (process 0 prints and writes; every
     process checkpoints and runs the figure code). Returns the path of ``metrics.json``."""
     out = Path(out_dir)
@@ -261,18 +369,30 @@ def finish(
         save_checkpoint(out, params, step=step, meta={"config": res.config, **(meta or {})})
     for name, draw in (figures or {}).items():
         draw(out / name)
+    if any(r.get("seed") is not None for r in res.rows):  # a run over several seeds: their spread
+        from lstm_jax.tasks import seeds
+
+        seeds.plot_spread(res.rows, out / "seeds.png")
     path = res.write(out)
     if not _main():
         return path
     if header:
         print(header)
     print(res.table())
+    compared = res.comparisons()
+    if compared:
+        from lstm_jax.tasks import seeds
+
+        print(seeds.comparison_lines(compared))
     if footer:
         print(footer)
     print(f"{note}({res.timer():.0f} s, results in {out_dir})")
     return path
 
 
-def _main() -> bool:
+def is_main() -> bool:
     """Process 0 of a multi-process job (always True in a single-process run)."""
     return jax.process_index() == 0
+
+
+_main = is_main
