@@ -87,8 +87,9 @@ def summary_rows(rows: Iterable[dict]) -> list:
 
     >>> rows = [{"model": "lstm", "metric": "accuracy", "split": "test", "value": v, "seed": s}
     ...         for s, v in enumerate([0.9, 0.8, 1.0])]
-    >>> [(r["value"], r["sd"], r["seeds"]) for r in summary_rows(rows)]
-    [(0.9, 0.1, 3)]
+    >>> (summary,) = summary_rows(rows)
+    >>> summary["value"], summary["sd"], summary["seeds"]
+    (0.9, 0.1, 3)
     """
     groups: dict = {}
     for row in rows:
