@@ -73,8 +73,7 @@ def run(args):
     x_test, len_test = pad(ds.test_x)
     keep, held = classify.stratified_split(ds.train_y, args.val_fraction, seed=args.seed)
     if not args.quick:  # a small training set gets as many updates as a larger one would
-        per_epoch = max(1, len(keep) // min(args.batch_size, len(keep)))
-        epochs = max(epochs, -(-args.min_updates // per_epoch))
+        epochs = max(epochs, -(-args.min_updates // classify.updates_per_epoch(len(keep), args.batch_size)))
     part = lambda x, l, y, i: {"x": x[i], "lengths": l[i], "y": y[i]}  # noqa: E731
     train_set = part(x_train, len_train, ds.train_y, keep)
     val_set = part(x_train, len_train, ds.train_y, held)

@@ -30,6 +30,7 @@ __all__ = [
     "make_classifier_loss",
     "AUGMENTATIONS",
     "augment_inputs",
+    "updates_per_epoch",
     "ClassifierRun",
     "train_classifier",
     "best_history_value",
@@ -139,6 +140,12 @@ def make_classifier_loss(
     return loss_fn
 
 
+def updates_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser updates per epoch of ``train_classifier`` on ``n_train`` examples: full batches
+    of ``min(batch_size, n_train)``."""
+    return n_train // min(batch_size, n_train)
+
+
 class ClassifierRun(NamedTuple):
     """What ``train_classifier`` returns."""
 
@@ -208,8 +215,8 @@ def train_classifier(
     loss_fn = make_classifier_loss(
         readout=readout, dropout=dropout, recurrent_dropout=recurrent_dropout, augment=augment, impl=impl
     )
+    per_epoch = updates_per_epoch(len(train_set["y"]), batch_size)
     batch_size = min(batch_size, len(train_set["y"]))
-    per_epoch = len(train_set["y"]) // batch_size
     config = train_lib.TrainConfig(
         epochs=epochs,
         batch_size=batch_size,

@@ -236,7 +236,7 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command_seeds: Optional[in
     if R.is_main():
         print(f"over {len(folders)} seeds (mean ± sd):")
         print(merged.table())
-        print(comparison_lines(merged.as_dict()["comparisons"]))
+        print(comparison_lines(merged.comparisons()))
     return path
 
 
