@@ -345,7 +345,7 @@ def _validate(params: StackParams, xs, lengths, initial_state) -> None:
 IMPLS = ("auto",) + backends.names()
 
 
-def _batched(params: StackParams, xs: Array, *, impl: str = "scan", **options) -> tuple[Array, PyTree]:
+def _batched(params: StackParams, xs: Array, *, impl: str = "auto", **options) -> tuple[Array, PyTree]:
     """Validate a batched call and hand it to the backend ``impl`` (see ``lstm_jax.backends``)."""
     _validate(params, xs, options.get("lengths"), options.get("initial_state"))
     for name in ("dropout", "recurrent_dropout"):
@@ -370,15 +370,18 @@ _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack
       unroll: scan unroll factor.
       hoist: input projection chunk size (0 = inside each step; see ``scan.scan_cell``).
       compute_dtype: optional matmul dtype (e.g. ``jnp.bfloat16``); carry and ``ys`` stay float32.
-      impl: the backend (``lstm_jax.backends``). ``"scan"`` (default): ``jax.vmap`` of the
+      impl: the backend (``lstm_jax.backends``). ``"auto"`` (default): ``backends.choose``, the
+        first backend of ``backends.AUTO_ORDER`` for the platform that supports the call and
+        whose ``backends.AUTO_WHEN`` rule holds -- on CPU ``"cpu_hybrid"`` for plain float32
+        LSTMs with ``d_h <= 128`` when the C++ kernel is built, else ``"fused"`` for plain
+        LSTMs, else ``"scan"``; forward-mode AD (``jax.jvp``) needs ``impl="scan"``.
+        ``"scan"``: ``jax.vmap`` of the
         per-example scan, differentiated by autodiff. ``"fused"``: plain LSTMs only, the
         batch-level custom-VJP layer of ``lstm_jax.backends.fused`` (same results, faster
         training); ``"fused_recompute"`` and ``"fused_checkpoint"`` are its memory-saving
         modes. ``"pallas"``: the time loop inside one Pallas kernel (plain or peephole LSTMs).
         ``"cudnn"``: plain float32 LSTMs on a GPU, no dropout. ``"parallel"``: research mode,
-        parallel-in-time Newton iterations. ``"auto"``: ``backends.choose``, the first backend of ``backends.AUTO_ORDER``
-        for the platform that supports the call (today ``"fused"`` when the params allow it,
-        else ``"scan"``). A backend that cannot serve the call raises ``ValueError`` naming
+        parallel-in-time Newton iterations. A backend that cannot serve the call raises ``ValueError`` naming
         the reason and the backends that can.
 
     Returns:
@@ -408,7 +411,7 @@ def _entry_point(cell: CellDef, kind: str, state: str):
         unroll: int = 1,
         hoist: int = 0,
         compute_dtype: Optional[DType] = None,
-        impl: str = "scan",
+        impl: str = "auto",
     ) -> tuple[Array, PyTree]:
         got = cell_of(params)
         if got is not cell:

@@ -120,11 +120,6 @@ def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
 
-def _impl_kwargs(impl: str) -> dict:
-    """``impl`` is only passed on when it is not the default, plain-scan implementation."""
-    return {} if impl == "scan" else {"impl": impl}
-
-
 def _apply(module, params: StackParams, xs, lengths, initial_state, dropout_key) -> tuple[Array, PyTree]:
     """The pure function of ``module``'s kind with ``module``'s options (NNX and linen alike)."""
     _, _, fn = _KINDS[module._kind]
@@ -140,7 +135,7 @@ def _apply(module, params: StackParams, xs, lengths, initial_state, dropout_key)
         unroll=module.unroll,
         hoist=module.hoist,
         compute_dtype=module.compute_dtype,
-        **_impl_kwargs(module.impl),
+        impl=module.impl,
     )
 
 
@@ -164,7 +159,7 @@ class _RecurrentNNX(nnx.Module):
         compute_dtype: Optional[DType] = None,
         unroll: int = 1,
         hoist: int = 0,
-        impl: str = "scan",
+        impl: str = "auto",
         deterministic: bool = False,
         rngs: Optional[nnx.Rngs] = None,
         _params: Optional[StackParams] = None,
@@ -294,8 +289,7 @@ _NNX_ARGS = """
       dtype: parameter dtype.
       compute_dtype: optional matmul dtype (e.g. ``jnp.bfloat16``); carry and outputs stay float32.
       unroll, hoist: passed to the scan (see ``lstm_jax.scan.scan_cell``).
-      impl: implementation choice passed to the pure function when not ``"scan"`` (see
-        ``lstm_jax.lstm``).
+      impl: the backend passed to the pure function (default ``"auto"``; see ``lstm_jax.lstm``).
       deterministic: default for ``__call__``; True = no dropout. ``model.eval()`` sets it.
       rngs: ``nnx.Rngs``; ``params`` (or default) stream initialises the weights, the
         ``dropout`` (or default) stream is forked for dropout keys.
@@ -374,7 +368,7 @@ class _RecurrentLinen(linen.Module):
     compute_dtype: Any = None
     unroll: int = 1
     hoist: int = 0
-    impl: str = "scan"
+    impl: str = "auto"
     deterministic: Optional[bool] = None
 
     _kind = ""

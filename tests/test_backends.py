@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import lstm_jax
 from lstm_jax import backends
@@ -92,3 +93,16 @@ def test_forward_mode_through_a_custom_vjp_backend_names_scan(name):
     _, vjp = jax.vjp(f(name), XS)
     (cot,) = vjp(jnp.ones_like(tangent))
     np.testing.assert_allclose(float(jnp.sum(tangent)), float(jnp.sum(cot)), rtol=1e-4)
+
+
+def test_the_default_impl_is_auto_for_the_functions_and_the_flax_modules(monkeypatch):
+    seen = []
+    run = backends.run
+    monkeypatch.setattr(backends, "run", lambda impl, *a, **k: seen.append(impl) or run(impl, *a, **k))
+    params = init_lstm(KEY, 4, 5)
+    ys, _ = lstm_jax.lstm(params, XS, lengths=LENGTHS)
+    module = lstm_jax.nn.LSTM(4, 5, rngs=nnx.Rngs(0))
+    module(XS)
+    assert seen == ["auto", "auto"]
+    ref, _ = lstm_jax.lstm(params, XS, lengths=LENGTHS, impl="scan")
+    np.testing.assert_allclose(np.asarray(ys), np.asarray(ref), rtol=1e-5, atol=1e-6)
