@@ -109,3 +109,21 @@ def test_anomaly_quick_on_a_user_csv(tmp_path, capsys):
     assert (out / "anomaly.png").stat().st_size > 1000 and any((out / "checkpoint").iterdir())
     assert cli.run_main(module.main, args[:-1] + ["nope", "--out", str(out)]) == 2
     assert "expected a column named 'nope'" in capsys.readouterr().err
+
+
+def test_downsampled_autoencoder_equals_the_autoencoder_of_the_block_means():
+    rng = np.random.default_rng(1)
+    n, q = 601, 3  # a last partial block: its point takes the last block's score
+    x = np.sin(np.arange(n) / 7) + 0.1 * rng.normal(size=n)
+    series = A.Series("s", x, np.zeros(n, np.int64), 300)
+    kw = dict(length=8, hidden=4, epochs=1, batch_size=16, progress=False, center=False)
+    got, _ = A.autoencoder_scores(series, downsample=q, **kw)
+    # by hand: the block means as a series of their own, the plain autoencoder, each score repeated
+    means = np.array([x[i : i + q].mean() for i in range(0, n - q + 1, q)])
+    blocks = A.Series("b", means, np.zeros(len(means), np.int64), 300 // q)
+    ref, _ = A.autoencoder_scores(blocks, downsample=1, **kw)
+    assert got.shape == (n,)
+    np.testing.assert_allclose(got[: q * len(means)], np.repeat(ref, q), rtol=2e-4, atol=1e-6)
+    assert got[-1] == got[-2]
+    with pytest.raises(ValueError, match="downsample >= 1"):
+        A.autoencoder_scores(series, downsample=0, **kw)

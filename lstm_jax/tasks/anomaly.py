@@ -184,6 +184,11 @@ def spread_window_scores(window_scores: np.ndarray, length: int, n: int) -> np.n
 
 
 # --------------------------------------------------------------------------- LSTM detectors
+def _blocks(z: np.ndarray, q: int) -> np.ndarray:
+    """Means over consecutive blocks of ``q`` points (a last partial block is dropped)."""
+    return z if q == 1 else z[: len(z) // q * q].reshape(-1, q).mean(1)
+
+
 def _scaled(values, train_until: int) -> np.ndarray:
     prefix = values[:train_until]
     return ((values - prefix.mean()) / (prefix.std() + 1e-12)).astype(np.float32)
@@ -254,6 +259,8 @@ def autoencoder_scores(
     series: Series,
     *,
     length: int = 32,
+    downsample: int = 1,
+    center: bool = True,
     hidden: int = 32,
     epochs: int = 20,
     batch_size: int = 64,
@@ -264,15 +271,23 @@ def autoencoder_scores(
     desc: str = "",
 ) -> tuple:
     """Per-point mean squared reconstruction error of an LSTM autoencoder trained on the normal
-    prefix's windows, each window minus its mean (shape, not level; ``spread_window_scores``):
-    ``(scores [n], params)``."""
+    prefix's windows (``spread_window_scores``): ``(scores [n], params)``.
+
+    ``center``: each window minus its mean (shape, not level). ``downsample = q``: the series is
+    averaged over blocks of ``q`` points first (windows of ``length`` blocks span ``q * length``
+    points, e.g. one heartbeat of a 360 Hz ECG at ``q = 2, length = 128``) and each block's score
+    is given to its ``q`` points."""
     from lstm_jax import train as train_lib
     from lstm_jax.tasks.seqmodel import predict_batched
 
-    z = _scaled(series.values, series.train_until)
+    if downsample < 1 or length < 2:
+        raise ValueError(f"expected downsample >= 1 and length >= 2, got {downsample} and {length}")
+    z = _scaled(_blocks(np.asarray(series.values, np.float64), downsample), series.train_until // downsample)
     wins = _windows(z, length)
-    wins = (wins - wins.mean(1, keepdims=True))[..., None].astype(np.float32)  # [k, L, 1]
-    data = _split_prefix(wins, wins, series.train_until - length + 1)
+    if center:
+        wins = wins - wins.mean(1, keepdims=True)
+    wins = wins[..., None].astype(np.float32)  # [k, L, 1]
+    data = _split_prefix(wins, wins, series.train_until // downsample - length + 1)
     apply = partial(apply_autoencoder, impl=impl)
 
     def loss_fn(params, batch, rng):
@@ -297,7 +312,10 @@ def autoencoder_scores(
     )
     err = jax.jit(lambda p, b: jnp.mean(jnp.square(apply(p, b["x"]) - b["x"]), axis=(1, 2)))
     window_err = predict_batched(err, fit.params, {"x": wins}, batch_size=512)
-    return spread_window_scores(window_err, length, len(z)), fit.params
+    per_block = spread_window_scores(window_err, length, len(z))
+    return np.pad(
+        np.repeat(per_block, downsample), (0, len(series.values) - downsample * len(z)), mode="edge"
+    ), fit.params
 
 
 def detection_metrics(scores, series: Series) -> dict:
