@@ -54,6 +54,11 @@ def parse(argv):
         action="store_true",
         help="with --horizon/--likelihood: add a linear path from the past target values (LSTNet)",
     )
+    p.add_argument(
+        "--pool-residual",
+        action="store_true",
+        help="with --horizon/--likelihood: pool a plain and a --residual ensemble (2 x --ensemble members)",
+    )
     p.add_argument("--horizon", type=int, default=1, help="days ahead forecast at once (default: %(default)s)")
     p.add_argument(
         "--likelihood",
@@ -84,6 +89,12 @@ def run(args):
     if args.likelihood == "quantile" and (min(args.levels) <= 0 or max(args.levels) >= 1):
         raise cli.UsageError(f"expected --levels inside (0, 1), got {args.levels}")
     args.levels = tuple(sorted(set(args.levels)))
+    if args.pool_residual and (args.residual or (args.horizon == 1 and args.likelihood == "point")):
+        raise cli.UsageError(
+            "expected --pool-residual with --horizon > 1 or --likelihood, and without --residual "
+            "(it trains both), got "
+            f"--horizon {args.horizon} --likelihood {args.likelihood}{' --residual' if args.residual else ''}"
+        )
     table = datasets.load_weather(args.dataset, csv=args.csv, target=args.target, date_col=args.date_col)
     test_days, val_days = forecast.split_days(
         table, from_csv=args.csv is not None, test_days=args.test_days, val_days=args.val_days
@@ -176,6 +187,7 @@ def run_probabilistic(args, table, test_days, val_days, epochs, hidden, ensemble
         likelihood=args.likelihood,
         levels=args.levels,
         highway=args.highway,
+        pool_residual=args.pool_residual,
         desc=f"{args.cell} x{ensemble} {table.name} h{args.horizon} {args.likelihood}",
     )
     results.finish(

@@ -141,3 +141,25 @@ def test_weather_forecast_quick_quantile_on_a_user_csv(tmp_path, capsys):
     assert any((out / "checkpoint").iterdir())
     assert "CRPS by horizon" in capsys.readouterr().out
     assert cli.run_main(_script().main, args + ["--horizon", "0"]) == 2
+
+
+def test_pooled_residual_ensemble_is_the_plain_and_the_anchored_ensembles_combined():
+    d = probabilistic.horizon_data(_table(300, seed=3), window=4, horizon=2, test_days=40, val_days=30)
+    kw = dict(dataset="toy", unit="", cell="lstm", likelihood="quantile", ensemble=2, seed=5, highway=True)
+    kw.update(hidden=4, epochs=2, batch_size=32, refit=False, progress=False)
+    preds, pooled, _ = probabilistic.probabilistic_experiment(results.Results("t", {}), d, pool_residual=True, **kw)
+    # by hand: the two ensembles on their own (plain with seed 5, anchored with seed 6), members stacked
+    kw.pop("seed")
+    _, plain, _ = probabilistic.probabilistic_experiment(results.Results("t", {}), d, seed=5, **kw)
+    _, anchored, _ = probabilistic.probabilistic_experiment(results.Results("t", {}), d, seed=6, residual=True, **kw)
+    p = probabilistic.n_outputs("quantile")
+    heads = [
+        probabilistic.predict_members(f.apply, f.params, d.test["x"], horizon=2, p=p, likelihood="quantile", residual=r)
+        for f, r in ((plain, False), (anchored, True))
+    ]
+    ref = probabilistic.combine_members(np.concatenate(heads), "quantile", y_mean=d.y_mean, y_std=d.y_std, seed=5)
+    np.testing.assert_allclose(preds["lstm"].samples, ref.samples, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(heads[0], heads[1])  # the anchored members differ from the plain ones
+    assert pooled.steps == plain.steps + anchored.steps and len(pooled.params) == 2
+    with pytest.raises(cli.UsageError, match="expected --pool-residual"):
+        _script().run(_script().parse(["--pool-residual", "--quick"]))

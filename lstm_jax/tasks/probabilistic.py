@@ -328,6 +328,24 @@ def score_predictive(pred: Predictive, y: np.ndarray) -> dict:
     return scores
 
 
+def _train_prob(data, cell, likelihood, levels, ensemble, seed, residual, highway, train_kwargs):
+    from lstm_jax.tasks.forecast import train_forecast_ensemble
+
+    h, p = data.horizon, n_outputs(likelihood, len(levels))
+    loss = lambda apply: make_prob_loss(apply, horizon=h, likelihood=likelihood, levels=levels, residual=residual)  # noqa: E731
+    return train_forecast_ensemble(
+        data,
+        cell=cell,
+        ensemble=ensemble,
+        seed=seed,
+        output_size=h * p,
+        make_loss=loss,
+        monitor="val_loss",
+        make_member=with_highway(data.train["x"].shape[1], h * p) if highway else None,
+        **train_kwargs,
+    )
+
+
 def probabilistic_experiment(
     res,
     data: HorizonData,
@@ -341,6 +359,7 @@ def probabilistic_experiment(
     seed: int = 0,
     residual: bool = False,
     highway: bool = False,
+    pool_residual: bool = False,
     **train_kwargs,
 ) -> tuple:
     """Baselines and a trained probabilistic ensemble on the same test windows, rows added to ``res``.
@@ -350,36 +369,43 @@ def probabilistic_experiment(
     ``coverage_80``/``width_80``/``coverage_95``/``width_95``. ``res.extra["dm_crps"]``: per
     horizon, the Diebold-Mariano test (HLN, lag ``k - 1``) of the network's CRPS against the
     best baseline's. ``residual``: locations as changes from the last day (``anchor``);
-    ``highway``: a linear path from the past target values to the outputs (``with_highway``). ``train_kwargs`` go to ``forecast.train_forecast_ensemble``.
+    ``highway``: a linear path from the past target values to the outputs (``with_highway``).
+    ``pool_residual``: two ensembles of ``ensemble`` members, one plain and one anchored
+    (``residual``), trained alike (the second with seed ``seed + 1``) and combined as one
+    ensemble of ``2 * ensemble`` members. ``train_kwargs`` go to
+    ``forecast.train_forecast_ensemble``.
 
     Returns ``(predictives, forecaster, scores)``: ``{model: Predictive}``, the
-    ``ForecastEnsemble`` and ``{model: score_predictive(...)}``.
+    ``ForecastEnsemble`` (with ``pool_residual``: its ``params`` and ``best_params`` are the
+    pairs ``(plain, anchored)``, its ``steps`` their sum) and ``{model: score_predictive(...)}``.
     """
     from lstm_jax import stats
-    from lstm_jax.tasks.forecast import train_forecast_ensemble
 
     h, p = data.horizon, n_outputs(likelihood, len(levels))
-    loss = lambda apply: make_prob_loss(apply, horizon=h, likelihood=likelihood, levels=levels, residual=residual)  # noqa: E731
-    forecaster = train_forecast_ensemble(
-        data,
-        cell=cell,
-        ensemble=ensemble,
-        seed=seed,
-        output_size=h * p,
-        make_loss=loss,
-        monitor="val_loss",
-        make_member=with_highway(data.train["x"].shape[1], h * p) if highway else None,
-        **train_kwargs,
+    anchors = (False, True) if pool_residual else (bool(residual),)
+    runs = [
+        _train_prob(data, cell, likelihood, levels, ensemble, seed + j, anchored, highway, train_kwargs)
+        for j, anchored in enumerate(anchors)
+    ]
+    heads = np.concatenate(
+        [
+            predict_members(f.apply, f.params, data.test["x"], horizon=h, p=p, likelihood=likelihood, residual=a)
+            for f, a in zip(runs, anchors)
+        ]
     )
-    heads = predict_members(
-        forecaster.apply, forecaster.params, data.test["x"], horizon=h, p=p, likelihood=likelihood, residual=residual
-    )
+    forecaster = runs[0]
+    if pool_residual:
+        forecaster = forecaster._replace(
+            params=tuple(f.params for f in runs),
+            best_params=tuple(f.best_params for f in runs),
+            steps=sum(f.steps for f in runs),
+        )
     preds = horizon_baselines(data)
     preds[cell] = combine_members(heads, likelihood, y_mean=data.y_mean, y_std=data.y_std, levels=levels, seed=seed)
     y = data.raw["test"]["y"]
     scores = {name: score_predictive(pred, y) for name, pred in preds.items()}
     for name, sc in scores.items():
-        extra = {"likelihood": likelihood, "ensemble": ensemble} if name == cell else {"likelihood": "gaussian"}
+        extra = {"likelihood": likelihood, "ensemble": len(heads)} if name == cell else {"likelihood": "gaussian"}
         for metric, values in sc.items():
             if metric == "crps_per_window" or (likelihood == "point" and name == cell and "_" in metric):
                 continue
