@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import lstm_jax
+from lstm_jax import baselines as B
 from lstm_jax import checkpoint, datasets, train
 from lstm_jax.tasks import (
     char_lm,
@@ -187,6 +188,14 @@ def test_char_lm_helpers_against_whole_sequence_computation():
     logp = jax.nn.log_softmax(seqmodel.apply_seq_model(params, jnp.asarray(streams), readout="sequence"), axis=-1)
     nll = -np.take_along_axis(np.asarray(logp), targets[..., None], axis=-1).mean()
     np.testing.assert_allclose(got, nll / np.log(2.0), rtol=1e-5)
+    # per block (the bootstrap's units): stream i, chunk c = targets [i, 5c : 5c + 5]
+    tok = -np.take_along_axis(np.asarray(logp), targets[..., None], axis=-1)[..., 0] / np.log(2.0)
+    blocks = char_lm.lm_block_bits(params, ids, streams=2, chunk=5)
+    np.testing.assert_allclose(blocks, tok.reshape(2, 3, 5).mean(-1), rtol=1e-5)
+    model = B.fit_ngram(ids[:20], len(vocab.chars), order=2, smoothing="witten_bell")
+    bits = -B.ngram_log_probs(model, ids) / np.log(2.0)
+    loop = [[bits[i * 15 + c * 5 + 1 : i * 15 + c * 5 + 6].mean() for c in range(3)] for i in range(2)]
+    np.testing.assert_allclose(char_lm.ngram_block_bits(model, ids, streams=2, chunk=5), loop, rtol=1e-12)
     batch = char_lm.lm_random_windows(ids, 3, 6, np.random.default_rng(1))
     np.testing.assert_array_equal(batch["x"][:, 1:], batch["y"][:, :-1])
     text = char_lm.lm_sample(params, vocab, "he", 7, 0.8, jax.random.key(0))

@@ -157,9 +157,10 @@ def lm_block_bits(params: SeqModel, ids: np.ndarray, *, streams: int = 32, chunk
     if "fn" not in _LM_CHUNK:
 
         def block(p, c, x, y):
+            from lstm_jax import losses
+
             logits, c = apply_seq_model(p, x, readout="sequence", initial_state=c, return_state=True)
-            nats = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[..., None], axis=-1)[..., 0]
-            return jnp.mean(nats, axis=1) / math.log(2.0), c
+            return losses.bits_per_char(jax.vmap(losses.softmax_cross_entropy)(logits, y)), c  # per stream
 
         _LM_CHUNK["fn"] = jax.jit(block)
     carry, out = lm_zero_state(params, streams), []
