@@ -8,7 +8,9 @@
 Contenders per config ``(B, T, D, H, layers)``: torch ``nn.LSTM(num_layers=L)`` (oneDNN,
 ``torch.set_num_threads(cores)``), flax linen ``L x nn.RNN(nn.OptimizedLSTMCell)``, and lstm_jax
 ``lstm(...)`` with ``impl`` = ``scan``, ``fused``, ``cpu_kernel``, ``cpu_hybrid`` and ``auto`` (what
-``backends.choose`` picks here). A forward pass is the network's outputs; a train step is
+``backends.choose`` picks here), and ``cpu_kernel_bf16`` (the kernel with
+``compute_dtype=bfloat16``: mixed precision, so not float32 like the others; it is not part of
+``auto``). A forward pass is the network's outputs; a train step is
 value and gradient of a mean-squared loss of the outputs, then an Adam update. All contenders of
 a config are compiled and warmed first, then timed interleaved round-robin (the start rotates),
 ``--reps`` times each; medians. float32. Writes ``DIR/cpu_speed.json`` and ``DIR/cpu_speed.md``
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -43,13 +46,28 @@ CONFIGS = {  # B, T, D, H, layers
     "medium_3l": (64, 256, 64, 256, 3),
 }
 QUICK_CONFIGS = {"tiny": (4, 16, 4, 8, 1), "tiny_3l": (4, 16, 4, 8, 3)}
-OURS = ("scan", "fused", "cpu_kernel", "cpu_hybrid", "auto")
+OURS = ("scan", "fused", "cpu_kernel", "cpu_hybrid", "auto", "cpu_kernel_bf16")
 
 
-def build_ours(cfg, jit, impl):
+def build_ours(cfg, jit, name):
     b, t, d, h, layers = cfg
+    impl = name.removesuffix("_bf16")
+    dtype = jnp.bfloat16 if name.endswith("_bf16") else None
     params = jit(partial(lstm_jax.init_lstm, input_size=d, hidden_size=h, num_layers=layers))(jax.random.key(0))
-    return bench_peers._jax_fns(lambda p, xs: lstm_jax.lstm(p, xs, impl=impl)[0], params, cfg[:4], jit)
+    fn = lambda p, xs: lstm_jax.lstm(p, xs, impl=impl, compute_dtype=dtype)[0]  # noqa: E731
+    return bench_peers._jax_fns(fn, params, cfg[:4], jit)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (machines differ between runs; ratios in one run do not)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def build_flax(cfg, jit):
@@ -98,7 +116,7 @@ def time_round_robin(cands: dict, reps: int) -> dict:
 
 def markdown(results: dict, machine: dict) -> str:
     lines = [
-        f"CPU speed, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
+        f"CPU speed, {machine.get('cpu', '?')}, {machine['cores']} cores, torch threads {machine['torch_threads']}, "
         f"jax {machine['jax']}, torch {machine['torch']}; medians of {machine['reps']} interleaved runs; "
         f"`auto` = {machine['auto']}.",
         "",
@@ -140,6 +158,7 @@ def main(argv=None) -> dict:
     params0 = lstm_jax.init_lstm(jax.random.key(0), 4, 8)
     machine = {
         "cores": os.cpu_count(),
+        "cpu": cpu_name(),
         "torch_threads": args.torch_threads,
         "jax": jax.__version__,
         "torch": torch.__version__,

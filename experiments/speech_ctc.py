@@ -40,18 +40,24 @@ def parse(argv):
     p.add_argument("--n-mels", type=int, default=80)
     p.add_argument("--norm", choices=("global", "utterance"), default="global", help="feature normalisation")
     p.add_argument("--stack", type=int, default=3, help="frames stacked and subsampled")
-    p.add_argument("--hidden", type=int, default=160, help="LSTM units per direction")
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=256, help="LSTM units per direction")
+    p.add_argument("--layers", type=int, default=3)
     p.add_argument("--proj", type=int, default=0, help="LSTMP projection size (0: plain LSTM)")
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--updates", type=int, default=4500, help="training budget in updates")
+    p.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="LSTM matmul dtype; bfloat16: mixed precision (float32 state and gates)",
+    )
+    p.add_argument("--updates", type=int, default=2800, help="training budget in updates")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--buckets", type=int, default=6, help="duration buckets (compiled shapes)")
+    p.add_argument("--buckets", type=int, default=8, help="duration buckets (compiled shapes), least padding")
     p.add_argument(
         "--max-train-seconds", type=float, default=15.0, help="longer utterances are not trained on (still evaluated)"
     )
-    p.add_argument("--eval-every", type=int, default=1000, help="updates between dev greedy CER checks")
+    p.add_argument("--eval-every", type=int, default=700, help="updates between dev greedy CER checks")
     p.add_argument("--beam", type=int, default=8)
     p.add_argument("--lm-order", type=int, default=4)
     p.add_argument("--lm-weights", type=_floats, default=[0.3, 0.6, 0.9], help="comma-separated grid, tuned on dev")
@@ -109,7 +115,7 @@ def run(args):
         )
     train = ST.Split(*[[x[i] for i in ok] for x in data["train"][:3]], data["train"].seconds[ok])
     max_labels = max(len(lab) for s in S.SPLITS for lab in data[s].labels) or 1
-    buckets = S.make_buckets([len(f) for f in train.feats], args.buckets, args.stack)
+    buckets = S.make_buckets([len(f) for f in train.feats], args.buckets, args.stack, min_size=args.batch_size)
     longest = -(-max(len(f) for s in S.SPLITS for f in data[s].feats) // args.stack) * args.stack
     eval_lengths = buckets.lengths + [longest] * (
         longest > buckets.lengths[-1]
@@ -140,7 +146,8 @@ def run(args):
             res.add(name, model, "wer", tag, M.wer(texts[split], h))
 
     # ---- the acoustic model
-    acfg = AcousticConfig(stack=args.stack, dropout=args.dropout, impl=args.impl)
+    compute_dtype = None if args.compute_dtype == "float32" else args.compute_dtype
+    acfg = AcousticConfig(stack=args.stack, dropout=args.dropout, impl=args.impl, compute_dtype=compute_dtype)
     params = init_acoustic_model(
         jax.random.key(args.seed),
         args.n_mels,

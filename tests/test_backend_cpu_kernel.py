@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lstm_jax import backends
-from lstm_jax.backends import LayerCall, cpu_build, cpu_kernel
+from lstm_jax.backends import LayerCall, cpu_build, cpu_hybrid, cpu_kernel
 from lstm_jax.cells import LSTMCarry
 from lstm_jax.layers import init_gru, init_lstm, lstm
 
@@ -74,6 +74,19 @@ def test_fuzzed_shapes_and_lengths_match_scan(b, t, d_h, num_layers, bidirection
     _close(g, g_ref, **TOL)  # params, inputs (NaN where padded, as scan), initial state
 
 
+@pytest.mark.parametrize("b, d_h", [(13, 40), (13, 80), (7, 160)])
+def test_blocked_and_threaded_shapes_match_scan(b, d_h):
+    # rows past a multiple of the micro-kernel's row block, hidden sizes past a multiple of the
+    # panel widths (16 forward, 32 backward), and steps large enough to be split across threads
+    lengths = np.random.default_rng(d_h).integers(1, 6, size=b)
+    params, xs, state, lengths, cts = _problem(b, 5, 4, d_h, 1, True, lengths, seed=d_h)
+    kwargs = {"lengths": lengths, "recurrent_dropout": 0.2, "dropout_key": jax.random.key(2)}
+    (_, out_ref), g_ref = _loss_and_grads("scan", params, xs, state, cts, kwargs)
+    (_, out), g = _loss_and_grads("cpu_kernel", params, xs, state, cts, kwargs)
+    _close(out, out_ref, **TOL)
+    _close(g, g_ref, **TOL)
+
+
 def test_dropout_masks_are_those_of_scan():
     params, xs, state, lengths, cts = _problem(3, 6, 3, 5, 2, True, [6, 1, 4])
     kwargs = {
@@ -120,9 +133,31 @@ def test_unsupported_cells_are_refused_with_a_reason(make, match):
     params = make(jax.random.key(0))
     xs = jnp.ones((2, 3, 3))
     assert match in cpu_kernel.unsupported(params, xs, LayerCall())
-    assert "bfloat16" in cpu_kernel.unsupported(
-        init_lstm(jax.random.key(0), 3, 4), xs, LayerCall(compute_dtype=jnp.bfloat16)
+    assert "float16" in cpu_kernel.unsupported(
+        init_lstm(jax.random.key(0), 3, 4), xs, LayerCall(compute_dtype=jnp.float16)
     )
+
+
+def _bf16(tree):
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16).astype(jnp.float32), tree)
+
+
+def test_bfloat16_compute_dtype_is_mixed_precision():
+    # one bidirectional layer: the bf16 path is the float32 kernel on bf16-rounded weights and
+    # inputs (a product of two bf16 numbers is exact in float32), float32 accumulation
+    params, xs, state, lengths, cts = _problem(3, 7, 5, 6, 1, True, [7, 4, 1])
+    xs = jnp.where(jnp.isnan(xs), 0.0, xs)
+    mixed = {"lengths": lengths, "compute_dtype": jnp.bfloat16}
+    (v16, (y16, s16)), g16 = _loss_and_grads("cpu_kernel", params, xs, state, cts, mixed)
+    (v32, (y32, s32)), g32 = _loss_and_grads("scan", _bf16(params), _bf16(xs), state, cts, {"lengths": lengths})
+    _close((y16, s16), (y32, s32), **TOL)
+    # the gradient GEMMs of the projection round the cotangent to bf16 (relative error ~ 2^-8)
+    _close(g16, g32, atol=2e-2, rtol=2e-2)
+    # against scan with the same compute_dtype, which also rounds h before its recurrent matmul
+    (_, (ys_scan, _)), _ = _loss_and_grads("scan", params, xs, state, cts, mixed)
+    np.testing.assert_allclose(np.asarray(y16), np.asarray(ys_scan), atol=3e-2, rtol=3e-2)
+    assert "cpu_kernel" in cpu_hybrid.unsupported(params, xs, LayerCall(compute_dtype=jnp.bfloat16))
+    assert backends.choose(params, xs, LayerCall(compute_dtype=jnp.bfloat16), platform="cpu") == "cpu_kernel"
 
 
 def test_without_a_compiler_the_backend_says_why_and_auto_runs_xla(monkeypatch, tmp_path):

@@ -152,6 +152,7 @@ def test_cpu_speed_quick_run_tabulates_every_backend_against_its_peers(tmp_path)
             "ours_cpu_kernel",
             "ours_cpu_hybrid",
             "ours_auto",
+            "ours_cpu_kernel_bf16",
         } <= set(res)
         assert all(res[k][m] > 0 for k in res if k != "cfg" for m in ("fwd", "train"))
     table = (tmp_path / "cpu_speed.md").read_text()

@@ -5,6 +5,7 @@ packages needed)."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -135,9 +136,45 @@ def test_feature_cache_round_trip(tmp_path):
     assert first[0].shape == (1 + (len(wave) - 200) // 80, 20)
 
 
+def _brute_force_padding(frames, n_buckets, multiple, min_size):
+    """The least total padded frames over every split of the sorted padded lengths into at most
+    ``n_buckets`` runs of at least ``min_size`` (cuts only between different lengths)."""
+    padded = sorted(-(-f // multiple) * multiple for f in frames)
+    n, best = len(padded), None
+    for n_cuts in range(n_buckets):
+        for cuts in itertools.combinations(range(1, n), n_cuts):
+            ends = [0, *cuts, n]
+            groups = [padded[a:b] for a, b in zip(ends, ends[1:])]
+            if any(len(g) < min_size for g in groups) or any(g[-1] == h[0] for g, h in zip(groups, groups[1:])):
+                continue
+            cost = sum(len(g) * g[-1] for g in groups)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_padding_buckets_match_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        frames = [int(x) for x in rng.integers(1, 40, int(rng.integers(1, 9)))]
+        k, min_size = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        b = S.make_buckets(frames, k, 3, min_size=min_size)
+        assert sorted(int(i) for m in b.members for i in m) == list(range(len(frames)))
+        assert len(b.members) <= k
+        best = _brute_force_padding(frames, k, 3, min_size)
+        if best is not None:
+            assert sum(len(m) * n for m, n in zip(b.members, b.lengths)) == best
+            assert all(len(m) >= min_size for m in b.members)
+    # a long tail: fewer padded frames than equal-sized (quantile) buckets
+    frames = list(rng.gamma(2.0, 150.0, 1000).astype(int) + 20)
+    cost = lambda b: sum(len(m) * n for m, n in zip(b.members, b.lengths))  # noqa: E731
+    assert cost(S.make_buckets(frames, 6, 3, min_size=16)) < cost(S.make_buckets(frames, 6, 3, method="quantile"))
+    with pytest.raises(ValueError, match="method"):
+        S.make_buckets(frames, 6, 3, method="sorted")
+
+
 def test_buckets_baselines_and_vocab():
     frames = [5, 17, 9, 30, 12, 3, 22]
-    b = S.make_buckets(frames, 3, 3)
+    b = S.make_buckets(frames, 3, 3, method="quantile")
     assert sorted(int(i) for m in b.members for i in m) == list(range(7))
     for members, length in zip(b.members, b.lengths):
         assert length % 3 == 0 and all(frames[i] <= length < frames[i] + 3 or frames[i] < length for i in members)

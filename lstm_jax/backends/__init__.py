@@ -112,7 +112,7 @@ register(
 register(
     "cpu_kernel",
     "cpu_kernel",
-    "plain float32 LSTMs on CPU: the recurrence in a C++ XLA FFI kernel (OpenBLAS GEMM + fused gates), custom VJP",
+    "plain float32 LSTMs on CPU: the recurrence in a C++ XLA FFI kernel (packed GEMM + fused gates), custom VJP",
 )
 register(
     "cpu_hybrid",
@@ -125,9 +125,10 @@ register(
 # CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast
 # (benchmarks/run.py); every other call falls back to scan.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    # CPU (benchmarks/cpu_speed.py, 2-core machine): cpu_hybrid trains 1.1-1.6x faster than the
-    # others at d_h = 64 and forwards as scan does; at d_h = 256 the four are within 5 % in training.
-    "cpu": ("cpu_hybrid", "fused", "scan"),
+    # CPU (2-core machine): cpu_hybrid trains 1.2x faster than fused at d_h = 64 (B 16) and 1.7x
+    # at d_h = 256 (B 64), and forwards as scan does.
+    # cpu_kernel serves what the two before it refuse: a bfloat16 compute_dtype (mixed precision).
+    "cpu": ("cpu_hybrid", "fused", "cpu_kernel", "scan"),
     # GPU: "cudnn" is not first (yet): jax.experimental.rnn copies seq_lengths to the host and
     # synchronises on every call (no CUDA-graph capture) and public reports put it at 27-47 us/step
     # against ~8-10 us for lax.scan; benchmarks/gpu.py measures both -- put "cudnn" first only if it wins.
@@ -137,14 +138,9 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 
-def _max_hidden(params) -> int:
-    return max(int(p.w_h.shape[0]) for layer in params.layers for p in layer)
-
-
 # Where a backend in AUTO_ORDER is picked only for some shapes: name -> (rule(params, xs, call), why).
-AUTO_WHEN: dict[str, tuple[Callable[..., bool], str]] = {
-    "cpu_hybrid": (lambda params, xs, call: _max_hidden(params) <= 128, "d_h <= 128 (measured faster there)"),
-}
+# (empty since the kernel's own packed GEMM: cpu_hybrid trains faster than fused at d_h 64 and 256)
+AUTO_WHEN: dict[str, tuple[Callable[..., bool], str]] = {}
 _AUTO_DEFAULT = ("scan",)
 
 
@@ -178,9 +174,10 @@ def choose(params, xs, call: LayerCall, platform: Optional[str] = None) -> str:
     and whose ``AUTO_WHEN`` rule, if it has one, holds.
 
     Today, for plain LSTMs (no peephole, LayerNorm, projection or separate ``compute_dtype``): on
-    CPU ``"cpu_hybrid"`` for float32 weights with every ``d_h <= 128`` when the C++ kernel is built
-    (XLA scan forward, kernel forward + backward when differentiated), else ``"fused"``; on GPU
-    and TPU ``"fused"``. Every other call: ``"scan"``. ``platform`` defaults to
+    CPU ``"cpu_hybrid"`` for float32 weights when the C++ kernel is built (XLA scan forward,
+    kernel forward + backward when differentiated), else ``"fused"``; on GPU
+    and TPU ``"fused"``. A bfloat16 ``compute_dtype`` on CPU: ``"cpu_kernel"`` (mixed precision).
+    Every other call: ``"scan"``. ``platform`` defaults to
     ``jax.default_backend()``.
     """
     order = AUTO_ORDER.get(platform or _platform(), _AUTO_DEFAULT)

@@ -1,16 +1,16 @@
 """Building and loading the CPU kernel of ``impl="cpu_kernel"`` (``csrc/lstm_cpu.cc``).
 
-The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped with jaxlib)
-and OpenBLAS from the ``scipy-openblas32`` wheel (the ``cpu-kernel`` extra). It is compiled
-with the system ``g++`` (or ``$CXX``) the first time it is needed -- or ahead of time with
+The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped with jaxlib),
+with its own GEMM (no BLAS library) and OpenMP. It is compiled with the system ``g++`` (or
+``$CXX``) the first time it is needed -- or ahead of time with
 ``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
-folder keyed by the source, the flags, jaxlib's version and the BLAS (version and folder)
+folder keyed by the source, the flags, jaxlib's version and the compiler
 (``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``), and loaded with ``ctypes``. Compiling at
 first use rather than at ``pip install`` time keeps the package a pure-Python wheel that installs
 without a compiler and without jaxlib in the build environment; the compiled library is reused
 across processes.
 
-Without a compiler or the BLAS wheel nothing fails at import: ``status()`` says why the kernel is
+Without a compiler nothing fails at import: ``status()`` says why the kernel is
 missing, ``impl="cpu_kernel"`` raises that reason, and ``impl="auto"`` runs the XLA backends.
 """
 
@@ -54,54 +54,30 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LSTM_JAX_CACHE", Path.home() / ".cache" / "lstm_jax")) / "kernels"
 
 
-def _blas():
-    try:
-        import scipy_openblas32 as blas  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return blas
-
-
 def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
-def _command(cxx: str, blas, out: Path) -> list:
-    lib = blas.get_lib_dir()
-    return [
-        cxx,
-        *FLAGS,
-        f"-I{jax.ffi.include_dir()}",
-        f"-I{blas.get_include_dir()}",
-        str(SOURCE),
-        f"-L{lib}",
-        f"-l{blas.get_library()}",
-        f"-Wl,-rpath,{lib}",
-        "-o",
-        str(out),
-    ]
+def _command(cxx: str, out: Path) -> list:
+    return [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
 
 
 def build(force: bool = False) -> Path:
-    """Compile the kernel (unless a build for this source, flags, jaxlib and BLAS is cached) and
-    return the shared library's path.
+    """Compile the kernel (unless a build for this source, flags, jaxlib and compiler is cached)
+    and return the shared library's path.
 
     Raises:
-      RuntimeError: no compiler, no ``scipy-openblas32``, or the compiler failed (its output).
+      RuntimeError: no compiler, or the compiler failed (its output).
     """
-    cxx, blas = _compiler(), _blas()
+    cxx = _compiler()
     if cxx is None:
         raise RuntimeError(f"no C++ compiler: {os.environ.get('CXX', 'g++')!r} is not on PATH")
-    if blas is None:
-        raise RuntimeError("scipy-openblas32 is not installed (pip install 'lstm_jax[cpu-kernel]')")
     key = hashlib.sha256(
         "\0".join(
             [
                 SOURCE.read_text(),
                 *FLAGS,
                 importlib.metadata.version("jaxlib"),
-                blas.__version__,
-                blas.get_lib_dir(),
                 cxx,
             ]
         ).encode()
@@ -112,7 +88,7 @@ def build(force: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         part = Path(tmp) / out.name
-        proc = subprocess.run(_command(cxx, blas, part), capture_output=True, text=True)
+        proc = subprocess.run(_command(cxx, part), capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-2000:]}")
         os.replace(part, out)  # atomic: concurrent builders never see a partial file

@@ -8,8 +8,9 @@ projection, gates and state update around its GEMM; the forward pass that is fas
 backward; the train step that is fastest here up to ``d_h = 128``). Both compute the same
 function (tested against each other to float rounding), so only the speed depends on the path.
 
-Serves what ``cpu_kernel`` serves (plain float32 LSTMs on CPU, the kernel built); forward-mode
-AD is refused as for any custom VJP (use ``impl="scan"``).
+Serves what ``cpu_kernel`` serves (plain float32 LSTMs on CPU, the kernel built) except a
+bfloat16 ``compute_dtype`` (there the scan and the kernel round differently; ``impl="cpu_kernel"``
+runs it); forward-mode AD is refused as for any custom VJP (use ``impl="scan"``).
 
 >>> from lstm_jax.layers import init_lstm, lstm
 >>> params = init_lstm(jax.random.key(0), 3, 8)
@@ -19,6 +20,7 @@ AD is refused as for any custom VJP (use ``impl="scan"``).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from lstm_jax.backends import cpu_kernel
 from lstm_jax.backends import scan as scan_backend
@@ -29,6 +31,10 @@ __all__ = ["run", "unsupported"]
 
 def unsupported(params, xs, call) -> str | None:
     """Why the cpu_hybrid backend cannot run this call, or None (the reasons of ``cpu_kernel``)."""
+    if call.compute_dtype is not None and jnp.dtype(call.compute_dtype) != jnp.float32:
+        return (
+            f"expected compute_dtype None or float32 (use impl='cpu_kernel'), got {jnp.dtype(call.compute_dtype).name}"
+        )
     return cpu_kernel.unsupported(params, xs, call)
 
 

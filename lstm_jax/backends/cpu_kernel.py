@@ -4,11 +4,16 @@ Per layer and direction (time-major ``[t, b, .]`` inside), as ``backends.pallas`
 
 1. the input projection ``zx = x W_x + b`` for all steps is ONE large XLA matmul;
 2. the forward kernel (``csrc/lstm_cpu.cc``, called through ``jax.ffi.ffi_call``) runs the whole
-   recurrence: per step one OpenBLAS GEMM ``zx_t + (h * mask) W_h`` and the gate nonlinearities
-   and state update in one vectorised loop (no per-op dispatch, nothing materialised between
-   them); lengths are masked inside (frozen carry, zero outputs);
+   recurrence: per step the GEMM ``(h * mask) W_h`` (its own register-blocked micro-kernel over a
+   copy of ``W_h`` packed once per call, in panels of 16 hidden units x 4 gates) with the gate
+   nonlinearities, ``+ zx_t`` and the state update applied to each panel's block of the product
+   while it is in cache (nothing materialised between them; panels split across OpenMP threads
+   within a step when the step is large enough); lengths are masked inside (frozen carry, zero
+   outputs);
 3. under a ``jax.custom_vjp`` the training forward also stores the gate activations and cell
-   states, the backward kernel runs the reverse-time loop (one ``dz_t W_h^T`` GEMM per step),
+   states, the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
+   packed panels of ``W_h^T``, each panel's block followed at once by the gate derivatives of
+   step ``t - 1``),
    and ``dW_h = sum_t h_{t-1}^T dz_t`` is one large matmul after it; ``dW_x``, ``db`` and ``dX``
    are JAX's autodiff of step 1, again single large matmuls. A call that is not differentiated
    runs the inference kernel, which stores nothing.
@@ -20,8 +25,16 @@ The backward direction reads the valid prefix reversed (``masking.permute_valid_
 dropout masks are drawn exactly as ``layers.run_stack`` draws them (``network.run_network``), so
 results equal ``impl="scan"`` to float rounding. Not served (``unsupported`` names them): other
 platforms than CPU, peephole / LayerNorm / projection cells, GRU/RNN cells, weights other than
-float32, a ``compute_dtype``, forward-mode ``jax.jvp`` (custom VJP; use ``impl="scan"``), and a
-machine where the kernel could not be built (``cpu_build.status()`` says why).
+float32, a ``compute_dtype`` other than float32 or bfloat16, forward-mode ``jax.jvp`` (custom
+VJP; use ``impl="scan"``), and a machine where the kernel could not be built
+(``cpu_build.status()`` says why).
+
+``compute_dtype=jnp.bfloat16`` is mixed precision as ``torch.autocast`` does it: the weights and
+inputs are rounded to bfloat16, the three GEMMs of the input projection (``x W_x``, ``dX``,
+``dW_x``) take bfloat16 operands with float32 accumulation (AMX / AVX512-BF16 where the CPU has
+them), and the recurrence, gates, carry and outputs stay float32 (``W_h`` and ``b`` rounded to
+bfloat16 values). It equals ``impl="scan"`` with the same ``compute_dtype`` to bfloat16 rounding
+(scan also rounds ``h`` before its recurrent matmul), not to float32 rounding.
 
 >>> from lstm_jax.layers import init_lstm, lstm
 >>> params = init_lstm(jax.random.key(0), 3, 8)
@@ -65,11 +78,41 @@ def unsupported(params, xs, call) -> str | None:
             reason = _cell_reason(p)
             if reason:
                 return reason
-    if call.compute_dtype is not None and jnp.dtype(call.compute_dtype) != jnp.float32:
-        return f"expected compute_dtype None or float32, got {jnp.dtype(call.compute_dtype).name}"
+    if call.compute_dtype is not None and jnp.dtype(call.compute_dtype) not in (_F32, _BF16):
+        return f"expected compute_dtype None, float32 or bfloat16, got {jnp.dtype(call.compute_dtype).name}"
     if jnp.dtype(xs.dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)):
         return f"expected float32 inputs, got {jnp.dtype(xs.dtype).name}"
     return cpu_build.status().reason
+
+
+_F32, _BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
+
+
+# --------------------------------------------------------------------------- bfloat16 projection
+@jax.custom_vjp
+def _project_bf16(x, w):
+    """``x @ w`` for float32 ``x: [n, d_in]``, ``w: [d_in, g]`` with bfloat16 operands and float32
+    results; its VJP runs ``dX`` and ``dW`` as bfloat16 GEMMs too (float32 accumulation)."""
+    return jnp.dot(x.astype(_BF16), w.astype(_BF16), preferred_element_type=jnp.float32)
+
+
+def _project_bf16_fwd(x, w):
+    xb, wb = x.astype(_BF16), w.astype(_BF16)
+    return jnp.dot(xb, wb, preferred_element_type=jnp.float32), (xb, wb)
+
+
+def _project_bf16_bwd(res, g):
+    xb, wb = res
+    gb = g.astype(_BF16)
+    return jnp.dot(gb, wb.T, preferred_element_type=jnp.float32), jnp.dot(xb.T, gb, preferred_element_type=jnp.float32)
+
+
+_project_bf16.defvjp(_project_bf16_fwd, _project_bf16_bwd)
+
+
+def _round_bf16(a):
+    """``a`` rounded to bfloat16 values, kept float32 (the gradient passes straight through)."""
+    return a.astype(_BF16).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------- FFI calls
@@ -124,18 +167,22 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 
 # --------------------------------------------------------------------------- one layer, the network
-def _layer(p: LSTMParams, h0, c0, xs, lengths, reverse: bool, rmask):
-    """One layer and direction over ``xs: [t, b, d_in]``: ``((h_T, c_T): [b, d_h], ys: [t, b, d_h])``."""
+def _layer(p: LSTMParams, h0, c0, xs, lengths, reverse: bool, rmask, bf16: bool = False):
+    """One layer and direction over ``xs: [t, b, d_in]``: ``((h_T, c_T): [b, d_h], ys: [t, b, d_h])``;
+    ``bf16``: the mixed-precision path of ``compute_dtype=bfloat16`` (module docstring)."""
     t, b, d_in = xs.shape
     d_h = p.w_h.shape[0]
     xs = zero_padding(xs.astype(jnp.float32), lengths)
     if reverse:
         xs = permute_valid_prefix(xs, lengths)
+    w_h, bias = (_round_bf16(p.w_h), _round_bf16(p.b)) if bf16 else (p.w_h, p.b)
     with jax.named_scope("cpu_kernel_lstm_input_projection"):
-        zx = (xs.reshape(t * b, d_in) @ p.w_x + p.b[None]).reshape(t, b, 4 * d_h)
+        flat = xs.reshape(t * b, d_in)
+        zx = (_project_bf16(flat, p.w_x) if bf16 else flat @ p.w_x) + bias[None]
+        zx = zx.reshape(t, b, 4 * d_h)
     lens = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
     mask = jnp.ones((b, d_h), jnp.float32) if rmask is None else jax.lax.stop_gradient(rmask.astype(jnp.float32))
-    ys, h, c = _core(p.w_h, zx, h0.astype(jnp.float32), c0.astype(jnp.float32), lens, mask)
+    ys, h, c = _core(w_h, zx, h0.astype(jnp.float32), c0.astype(jnp.float32), lens, mask)
     if reverse:
         ys = permute_valid_prefix(ys, lengths)
     return (h, c), ys
@@ -147,8 +194,9 @@ def cpu_kernel_stack(params, xs: Array, call) -> tuple[Array, LSTMCarry]:
     Args:
       params: ``StackParams`` of plain float32 LSTM cells.
       xs: ``[b, t, d_in]``.
-      call: a ``backends.LayerCall`` (lengths, initial state, dropout; ``unroll`` and ``hoist`` do
-        not apply: the loop is in the kernel and the projection always hoisted).
+      call: a ``backends.LayerCall`` (lengths, initial state, dropout, ``compute_dtype`` float32 or
+        bfloat16; ``unroll`` and ``hoist`` do not apply: the loop is in the kernel and the
+        projection always hoisted).
 
     Returns:
       ``(ys: [b, t, D*d_h], LSTMCarry(h: [b, L, D, d_h], c: [b, L, D, d_h]))``, float32.
@@ -157,8 +205,10 @@ def cpu_kernel_stack(params, xs: Array, call) -> tuple[Array, LSTMCarry]:
     if not status.ok:
         raise ValueError(f"impl='cpu_kernel' cannot run: {status.reason}")
 
+    bf16 = call.compute_dtype is not None and jnp.dtype(call.compute_dtype) == _BF16
+
     def layer_fn(p, carry0, inputs, reverse, rmask):
-        (h, c), ys = _layer(p, carry0.h, carry0.c, inputs, call.lengths, reverse, rmask)
+        (h, c), ys = _layer(p, carry0.h, carry0.c, inputs, call.lengths, reverse, rmask, bf16)
         return LSTMCarry(h, c), ys
 
     return run_network(params, xs, call, layer_fn)

@@ -33,6 +33,7 @@ class AcousticConfig(NamedTuple):
     time_masks: int = 2
     time_width: int = 40
     impl: str = "auto"
+    compute_dtype: Optional[str] = None  # the LSTM's matmul dtype, e.g. "bfloat16" (None: float32)
 
 
 def init_acoustic_model(
@@ -106,7 +107,14 @@ def acoustic_logits(
     xs = stack_frames(feats, config.stack)
     out_len = output_lengths(lengths, config.stack)
     logits = apply_seq_model(
-        params, xs, lengths=out_len, readout="sequence", dropout=config.dropout, dropout_key=drop_key, impl=config.impl
+        params,
+        xs,
+        lengths=out_len,
+        readout="sequence",
+        dropout=config.dropout,
+        dropout_key=drop_key,
+        impl=config.impl,
+        compute_dtype=config.compute_dtype,
     )
     return logits, out_len
 

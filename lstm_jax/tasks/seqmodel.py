@@ -103,6 +103,7 @@ def apply_seq_model(
     unroll: int = 1,
     hoist: int = 0,
     impl: str = "auto",
+    compute_dtype=None,
 ):
     """Run the network on a batch and apply the head.
 
@@ -118,6 +119,8 @@ def apply_seq_model(
       unroll, hoist, impl: passed to the layer (scan unroll factor, input projection chunking,
         the backend: ``"auto"`` (default) picks by platform and params, see
         ``lstm_jax.backends.choose``; any name in ``lstm_jax.backends.names()``).
+      compute_dtype: the layer's matmul dtype (e.g. ``jnp.bfloat16``; None: the params' dtype);
+        the head runs in the params' dtype.
 
     Returns:
       outputs (and the final state when ``return_state``).
@@ -143,6 +146,7 @@ def apply_seq_model(
         unroll=unroll,
         hoist=hoist,
         impl=impl,
+        compute_dtype=compute_dtype,
     )
     if readout == "final":
         feats = _final_h(state)

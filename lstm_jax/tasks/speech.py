@@ -219,11 +219,56 @@ class Buckets(NamedTuple):
     lengths: list  # padded frame count per bucket (a multiple of the stack)
 
 
-def make_buckets(frames: Sequence[int], n_buckets: int, multiple: int) -> Buckets:
-    """Split utterances at quantiles of their frame counts into ``n_buckets`` duration buckets."""
+def _padding_bounds(values: np.ndarray, counts: np.ndarray, n_buckets: int, min_size: int) -> list[int]:
+    """Cut points (exclusive ends, indices into the sorted distinct ``values``) of the split into
+    at most ``n_buckets`` contiguous groups of at least ``min_size`` items that minimises
+    ``sum(group size * group max)``: dynamic programming over the distinct values."""
+    u = len(values)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    cost = np.full((n_buckets + 1, u + 1), np.inf)
+    cost[0, 0] = 0.0
+    arg = np.zeros((n_buckets + 1, u + 1), np.int64)
+    for j in range(1, n_buckets + 1):
+        for b in range(1, u + 1):
+            a = np.arange(b)
+            size = cum[b] - cum[a]
+            c = np.where(size >= min_size, cost[j - 1, a] + size * values[b - 1], np.inf)
+            arg[j, b] = int(np.argmin(c))
+            cost[j, b] = c[arg[j, b]]
+    j = int(np.argmin(cost[:, u]))
+    if not np.isfinite(cost[j, u]):  # fewer items than min_size: one group
+        return [u]
+    ends, b = [], u
+    while j > 0:
+        ends.append(b)
+        b, j = int(arg[j, b]), j - 1
+    return ends[::-1]
+
+
+def make_buckets(
+    frames: Sequence[int], n_buckets: int, multiple: int, *, min_size: int = 1, method: str = "padding"
+) -> Buckets:
+    """Group utterances by frame count into at most ``n_buckets`` duration buckets.
+
+    ``method="padding"`` (default) picks the boundaries that minimise the total padded frames
+    (``sum over buckets of members * padded length``: the compute of an epoch of padded batches)
+    with at least ``min_size`` utterances per bucket (pass the batch size); ``"quantile"`` splits
+    at quantiles (equal-sized buckets). Padded lengths are rounded up to a multiple of ``multiple``.
+    """
     counts = np.asarray(frames)
+    if counts.ndim != 1 or not len(counts):
+        raise ValueError(f"expected a non-empty sequence of frame counts, got shape {counts.shape}")
+    if method not in ("padding", "quantile"):
+        raise ValueError(f"expected method 'padding' or 'quantile', got {method!r}")
     order = np.argsort(counts, kind="stable")
-    parts = [p for p in np.array_split(order, min(n_buckets, len(order))) if len(p)]
+    if method == "quantile":
+        parts = [p for p in np.array_split(order, min(n_buckets, len(order))) if len(p)]
+    else:
+        # padded lengths are multiples of ``multiple``: the DP runs over those (few distinct values)
+        values, per_value = np.unique(-(-counts // multiple) * multiple, return_counts=True)
+        ends = _padding_bounds(values.astype(np.float64), per_value, max(1, n_buckets), max(1, min_size))
+        cuts = np.cumsum(per_value)[np.asarray(ends) - 1]
+        parts = np.split(order, cuts[:-1])
     lengths = [int(-(-counts[p].max() // multiple) * multiple) for p in parts]
     return Buckets(parts, lengths)
 

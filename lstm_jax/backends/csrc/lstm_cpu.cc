@@ -1,9 +1,15 @@
 // lstm_jax CPU kernel: the LSTM recurrence as two XLA FFI handlers (forward, backward).
 //
 // Time-major, one layer and direction, float32. The input projection zx = x W_x + b is computed
-// by XLA before the call (one large GEMM); per step the kernel does ONE BLAS GEMM
-// (gates = zx_t + (h * mask) W_h) and the gate nonlinearities and state update in one
-// vectorised loop. Lengths: past lengths[b] the carry is frozen and the outputs are zero.
+// by XLA before the call (one large GEMM). Per step the kernel multiplies the (masked) h by W_h
+// with its own register-blocked GEMM over a copy of W_h packed once per call, and applies the gate
+// nonlinearities and state update to each block of the product while it is still in cache (the
+// GEMM's epilogue): W_h is packed in panels of 16 hidden units x 4 gates, so one panel's product
+// holds everything the state update of those 16 units needs. The backward pass does the same with
+// W_h^T (panels of 32 hidden units): the product dz_t W_h^T of a panel is followed at once by the
+// gate derivatives of step t - 1 for those units. Panels are split across OpenMP threads within a
+// step (one barrier per step) when the step is large enough to pay for it.
+// Lengths: past lengths[b] the carry is frozen and the outputs are zero.
 // Leading axes before [t, b, .] are independent problems (jax.vmap with
 // vmap_method="broadcast_all": ensemble members), each with its own W_h; they run in parallel
 // (OpenMP threads, one member per thread at a time).
@@ -16,13 +22,16 @@
 // Backward inputs: w_h, acts, cs, c0, lengths, mask, dys [..., t, b, h], dh_T, dc_T [..., b, h]
 // Backward outputs: dz [..., t, b, 4h] (gradient of the gate pre-activations), dh0, dc0 [..., b, h]
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
-#include "cblas.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -30,6 +39,60 @@ namespace ffi = xla::ffi;
 namespace {
 
 inline float sigmoid(float x) { return 0.5f * std::tanh(0.5f * x) + 0.5f; }
+
+// ----------------------------------------------------------------------------- packed GEMM
+// A 16-float vector (one AVX-512 register; two AVX2 registers elsewhere).
+typedef float vf __attribute__((vector_size(64)));
+constexpr int VL = 16;
+#ifdef __AVX512F__
+constexpr int kRegs = 24;  // accumulator registers of the micro-kernel (of 32)
+#else
+constexpr int kRegs = 6;  // 12 of 16 ymm registers
+#endif
+
+struct Aligned {  // 64-byte aligned float buffer
+  float* p = nullptr;
+  explicit Aligned(size_t n) {
+    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+    p = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
+    std::memset(p, 0, bytes > 0 ? bytes : 64);
+  }
+  ~Aligned() { std::free(p); }
+  Aligned(const Aligned&) = delete;
+  Aligned& operator=(const Aligned&) = delete;
+};
+
+// out[r][0:NV*16] = sum_k A[r, k] * P[k][0:NV*16] for r < MR; P is a packed panel [K][NV*16].
+template <int NV, int MR>
+inline void micro(const float* A, int64_t lda, const float* P, int64_t K, float* out) {
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+  for (int64_t k = 0; k < K; ++k) {
+    const vf* p = reinterpret_cast<const vf*>(P + k * NV * VL);
+    vf b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = p[v];
+    for (int r = 0; r < MR; ++r) {
+      const float a = A[r * lda + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) std::memcpy(out + (r * NV + v) * VL, &acc[r][v], sizeof(vf));
+}
+
+// micro<NV, mr> for a run-time mr in [1, MR].
+template <int NV, int MR>
+inline void micro_rows(int mr, const float* A, int64_t lda, const float* P, int64_t K, float* out) {
+  if (mr == MR) {
+    micro<NV, MR>(A, lda, P, K, out);
+  } else if constexpr (MR > 1) {
+    micro_rows<NV, MR - 1>(mr, A, lda, P, K, out);
+  }
+}
+
+// Worth splitting one step over threads: about 2^20 multiply-adds or more (measured).
+inline bool threaded(int64_t b, int64_t h) { return b * h * 4 * h >= (int64_t{1} << 20); }
 
 struct Dims {
   int64_t members, t, b, h;
@@ -56,105 +119,174 @@ ffi::Error get_dims(const ffi::Buffer<ffi::F32>& zx_or_acts, const ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// ----------------------------------------------------------------------------- forward
+constexpr int FW_NV = 4;                         // panel: 16 hidden units x 4 gates = 4 vectors
+constexpr int FW_MR = std::max(1, kRegs / FW_NV);  // rows per micro-kernel call
+constexpr int FW_U = VL;                         // hidden units per panel
+
+// W_h [H, 4H] -> panels [P][H][64]: panel p, row k, column q*16 + u = W_h[k, q*H + 16p + u].
+void pack_forward(const float* w_h, int64_t H, float* out) {
+  const int64_t P = (H + FW_U - 1) / FW_U, G = 4 * H;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t k = 0; k < H; ++k)
+      for (int q = 0; q < 4; ++q)
+        for (int u = 0; u < FW_U; ++u) {
+          const int64_t j = p * FW_U + u;
+          out[(p * H + k) * 4 * FW_U + q * FW_U + u] = j < H ? w_h[k * G + q * H + j] : 0.0f;
+        }
+}
+
 // One forward problem. acts/cs may be null (inference).
 void forward_one(const Dims& d, const float* zx, const float* w_h, const float* h0, const float* c0,
                  const int32_t* lengths, const float* mask, float* ys, float* h_out, float* c_out, float* acts,
                  float* cs) {
-  const int64_t B = d.b, H = d.h, G = 4 * d.h;
-  std::vector<float> gates(B * G), hm(B * H);
+  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + FW_U - 1) / FW_U;
+  Aligned packed(P * H * 4 * FW_U), hm0(B * H), hm1(B * H);
+  pack_forward(w_h, H, packed.p);
   std::copy(h0, h0 + B * H, h_out);
   std::copy(c0, c0 + B * H, c_out);
-  for (int64_t k = 0; k < B * H; ++k) hm[k] = h_out[k] * mask[k];
+  for (int64_t k = 0; k < B * H; ++k) hm0.p[k] = h_out[k] * mask[k];
   int32_t longest = 0;
   for (int64_t b = 0; b < B; ++b) longest = std::max(longest, lengths[b]);
-  for (int64_t t = 0; t < d.t; ++t) {
-    float* y_t = ys + t * B * H;
-    if (t >= longest) {  // every row is past its length: zero outputs, frozen carry
-      std::fill(y_t, y_t + B * H, 0.0f);
-      if (acts) std::fill(acts + t * B * G, acts + (t + 1) * B * G, 0.0f);
-      if (cs) std::copy(c_out, c_out + B * H, cs + t * B * H);
-      continue;
-    }
-    std::copy(zx + t * B * G, zx + (t + 1) * B * G, gates.data());
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, G, H, 1.0f, hm.data(), H, w_h, G, 1.0f,
-                      gates.data(), G);
-    for (int64_t b = 0; b < B; ++b) {
-      float* h = h_out + b * H;
-      float* c = c_out + b * H;
-      float* y = y_t + b * H;
-      float* a = acts ? acts + (t * B + b) * G : nullptr;
-      if (t >= lengths[b]) {
-        std::fill(y, y + H, 0.0f);
-        if (a) std::fill(a, a + G, 0.0f);
-      } else {
-        const float* g = gates.data() + b * G;
+#pragma omp parallel if (threaded(B, H))
+  {
+    alignas(64) float buf[FW_MR * FW_NV * VL];
+    for (int64_t t = 0; t < d.t; ++t) {
+      const float* cur = (t % 2 == 0) ? hm0.p : hm1.p;  // h * mask entering step t (read by every panel)
+      float* nxt = (t % 2 == 0) ? hm1.p : hm0.p;        // ... leaving it (each panel writes its units)
+      const float* zx_t = zx + t * B * G;
+      float* y_t = ys + t * B * H;
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t j0 = p * FW_U, jn = std::min<int64_t>(FW_U, H - j0);
+        for (int64_t r0 = 0; r0 < B; r0 += FW_MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(FW_MR, B - r0));
+          if (t < longest) micro_rows<FW_NV, FW_MR>(mr, cur + r0 * H, H, packed.p + p * H * 4 * FW_U, H, buf);
+          for (int r = 0; r < mr; ++r) {
+            const int64_t b = r0 + r;
+            float* h = h_out + b * H + j0;
+            float* c = c_out + b * H + j0;
+            float* y = y_t + b * H + j0;
+            float* a = acts ? acts + (t * B + b) * G + j0 : nullptr;
+            const float* m = mask + b * H + j0;
+            float* hn_m = nxt + b * H + j0;
+            if (t >= lengths[b]) {  // frozen carry, zero outputs
+              std::fill(y, y + jn, 0.0f);
+              if (a)
+                for (int q = 0; q < 4; ++q) std::fill(a + q * H, a + q * H + jn, 0.0f);
+              std::copy(cur + b * H + j0, cur + b * H + j0 + jn, hn_m);
+            } else {
+              const float* g = buf + r * FW_NV * VL;
+              const float* z = zx_t + b * G + j0;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          float ig = sigmoid(g[j]), fg = sigmoid(g[H + j]), gg = std::tanh(g[2 * H + j]), og = sigmoid(g[3 * H + j]);
-          float cn = fg * c[j] + ig * gg;
-          float hn = og * std::tanh(cn);
-          c[j] = cn;
-          h[j] = hn;
-          y[j] = hn;
-          hm[b * H + j] = hn * mask[b * H + j];
-          if (a) {
-            a[j] = ig;
-            a[H + j] = fg;
-            a[2 * H + j] = gg;
-            a[3 * H + j] = og;
+              for (int64_t u = 0; u < jn; ++u) {
+                float ig = sigmoid(g[u] + z[u]), fg = sigmoid(g[FW_U + u] + z[H + u]);
+                float gg = std::tanh(g[2 * FW_U + u] + z[2 * H + u]), og = sigmoid(g[3 * FW_U + u] + z[3 * H + u]);
+                float cn = fg * c[u] + ig * gg;
+                float hv = og * std::tanh(cn);
+                c[u] = cn;
+                h[u] = hv;
+                y[u] = hv;
+                hn_m[u] = hv * m[u];
+                if (a) {
+                  a[u] = ig;
+                  a[H + u] = fg;
+                  a[2 * H + u] = gg;
+                  a[3 * H + u] = og;
+                }
+              }
+            }
+            if (cs) std::copy(c, c + jn, cs + (t * B + b) * H + j0);
           }
         }
-      }
-      if (cs) std::copy(c, c + H, cs + (t * B + b) * H);
+      }  // implicit barrier: step t + 1 reads every panel's units of nxt
     }
+  }
+}
+
+// ----------------------------------------------------------------------------- backward
+constexpr int BW_NV = 2;                         // panel: 32 hidden units = 2 vectors
+constexpr int BW_MR = std::max(1, kRegs / BW_NV);
+constexpr int BW_U = BW_NV * VL;
+
+// W_h [H, 4H] -> W_h^T panels [P][4H][32]: panel p, row g, column u = W_h[32p + u, g].
+void pack_backward(const float* w_h, int64_t H, float* out) {
+  const int64_t P = (H + BW_U - 1) / BW_U, G = 4 * H;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t g = 0; g < G; ++g)
+      for (int u = 0; u < BW_U; ++u) {
+        const int64_t k = p * BW_U + u;
+        out[(p * G + g) * BW_U + u] = k < H ? w_h[k * G + g] : 0.0f;
+      }
+}
+
+// dz of step t for rows b and units [k0, k0 + kn): the gate derivatives from dh, dc; updates dc.
+inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t kn, const float* acts,
+                       const float* cs, const float* c0, const int32_t* lengths, const float* dys, const float* dh,
+                       float* dc, float* dz) {
+  const int64_t B = d.b, H = d.h, G = 4 * d.h;
+  float* z = dz + (t * B + b) * G + k0;
+  if (t >= lengths[b]) {
+    for (int q = 0; q < 4; ++q) std::fill(z + q * H, z + q * H + kn, 0.0f);
+    return;
+  }
+  const float* a = acts + (t * B + b) * G + k0;
+  const float* c_t = cs + (t * B + b) * H + k0;
+  const float* c_prev = (t > 0 ? cs + ((t - 1) * B + b) * H : c0 + b * H) + k0;
+  const float* dy = dys + (t * B + b) * H + k0;
+  const float* dhb = dh + b * H + k0;
+  float* dcb = dc + b * H + k0;
+#pragma omp simd
+  for (int64_t j = 0; j < kn; ++j) {
+    float ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
+    float tc = std::tanh(c_t[j]);
+    float dht = dy[j] + dhb[j];
+    float dct = dcb[j] + dht * og * (1.0f - tc * tc);
+    z[j] = dct * gg * ig * (1.0f - ig);
+    z[H + j] = dct * c_prev[j] * fg * (1.0f - fg);
+    z[2 * H + j] = dct * ig * (1.0f - gg * gg);
+    z[3 * H + j] = dht * tc * og * (1.0f - og);
+    dcb[j] = dct * fg;
   }
 }
 
 void backward_one(const Dims& d, const float* w_h, const float* acts, const float* cs, const float* c0,
                   const int32_t* lengths, const float* mask, const float* dys, const float* dh_T, const float* dc_T,
                   float* dz, float* dh, float* dc) {
-  const int64_t B = d.b, H = d.h, G = 4 * d.h;
-  std::vector<float> back(B * H);
+  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + BW_U - 1) / BW_U;
+  Aligned packed(P * G * BW_U);
+  pack_backward(w_h, H, packed.p);
   std::copy(dh_T, dh_T + B * H, dh);
   std::copy(dc_T, dc_T + B * H, dc);
-  int32_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, lengths[b]);
-  for (int64_t t = d.t - 1; t >= 0; --t) {
-    float* dz_t = dz + t * B * G;
-    if (t >= longest) {
-      std::fill(dz_t, dz_t + B * G, 0.0f);
-      continue;
+  if (d.t == 0) return;
+#pragma omp parallel if (threaded(B, H))
+  {
+    alignas(64) float buf[BW_MR * BW_NV * VL];
+    // dz of the last step; then per step t: dh_{t-1} = (dz_t W_h^T) * mask for rows inside their
+    // sequence (a frozen step passes dh through), and at once the dz of step t - 1, panel by panel
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
+      for (int64_t b = 0; b < B; ++b) gate_grads(d, d.t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
     }
-    for (int64_t b = 0; b < B; ++b) {
-      float* z = dz_t + b * G;
-      if (t >= lengths[b]) {
-        std::fill(z, z + G, 0.0f);
-        continue;
-      }
-      const float* a = acts + (t * B + b) * G;
-      const float* c_t = cs + (t * B + b) * H;
-      const float* c_prev = t > 0 ? cs + ((t - 1) * B + b) * H : c0 + b * H;
-      const float* dy = dys + (t * B + b) * H;
-      float* dhb = dh + b * H;
-      float* dcb = dc + b * H;
-#pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        float ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
-        float tc = std::tanh(c_t[j]);
-        float dht = dy[j] + dhb[j];
-        float dct = dcb[j] + dht * og * (1.0f - tc * tc);
-        z[j] = dct * gg * ig * (1.0f - ig);
-        z[H + j] = dct * c_prev[j] * fg * (1.0f - fg);
-        z[2 * H + j] = dct * ig * (1.0f - gg * gg);
-        z[3 * H + j] = dht * tc * og * (1.0f - og);
-        dcb[j] = dct * fg;
-      }
-    }
-    // dh_{t-1} = (dz_t W_h^T) * mask for rows still inside their sequence
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, G, 1.0f, dz_t, G, w_h, G, 0.0f, back.data(), H);
-    for (int64_t b = 0; b < B; ++b) {
-      if (t >= lengths[b]) continue;
-      for (int64_t j = 0; j < H; ++j) dh[b * H + j] = back[b * H + j] * mask[b * H + j];
+    for (int64_t t = d.t - 1; t >= 0; --t) {
+      const float* dz_t = dz + t * B * G;
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
+        for (int64_t r0 = 0; r0 < B; r0 += BW_MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(BW_MR, B - r0));
+          micro_rows<BW_NV, BW_MR>(mr, dz_t + r0 * G, G, packed.p + p * G * BW_U, G, buf);
+          for (int r = 0; r < mr; ++r) {
+            const int64_t b = r0 + r;
+            if (t < lengths[b]) {
+              const float* back = buf + r * BW_U;
+              for (int64_t j = 0; j < kn; ++j) dh[b * H + k0 + j] = back[j] * mask[b * H + k0 + j];
+            }
+            if (t > 0) gate_grads(d, t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
+          }
+        }
+      }  // implicit barrier: step t - 1's GEMM reads every panel's units of dz_{t-1}
     }
   }
 }
@@ -175,7 +307,6 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> w_h, ffi::Buf
   }
   return ffi::Error::Success();
 }
-
 ffi::Error ForwardInfer(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
                         ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask,
                         ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_T,
