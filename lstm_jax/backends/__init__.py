@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 
 from lstm_jax.typing import Array, DType, PRNGKey, PyTree
 
@@ -125,10 +126,11 @@ register(
 # CPU: the fused custom VJP trains faster than autodiff through scan and forwards as fast
 # (benchmarks/run.py); every other call falls back to scan.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    # CPU (2-core machine): cpu_hybrid trains 1.2x faster than fused at d_h = 64 (B 16) and 1.7x
-    # at d_h = 256 (B 64), and forwards as scan does.
-    # cpu_kernel serves what the two before it refuse: a bfloat16 compute_dtype (mixed precision).
-    "cpu": ("cpu_hybrid", "fused", "cpu_kernel", "scan"),
+    # CPU (2-core machines, benchmarks/cpu_speed.py): the kernel trains 1.3-2.3x faster than
+    # fused/scan; its forward (input projection fused into the recurrent GEMM) beats the XLA scan
+    # at d_h = 256 and ties it at d_h = 64, where cpu_hybrid (scan forward, kernel training) is
+    # picked. cpu_kernel also serves a bfloat16 compute_dtype (mixed precision) at any d_h.
+    "cpu": ("cpu_kernel", "cpu_hybrid", "fused", "scan"),
     # GPU: "cudnn" is not first (yet): jax.experimental.rnn copies seq_lengths to the host and
     # synchronises on every call (no CUDA-graph capture) and public reports put it at 27-47 us/step
     # against ~8-10 us for lax.scan; benchmarks/gpu.py measures both -- put "cudnn" first only if it wins.
@@ -138,9 +140,19 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 
 
+def _max_hidden(params) -> int:
+    return max((int(p.w_h.shape[0]) for layer in params.layers for p in layer if hasattr(p, "w_h")), default=0)
+
+
+def _kernel_rule(params, xs, call: LayerCall) -> bool:
+    mixed = call.compute_dtype is not None and jnp.dtype(call.compute_dtype) == jnp.dtype(jnp.bfloat16)
+    return mixed or _max_hidden(params) >= 128
+
+
 # Where a backend in AUTO_ORDER is picked only for some shapes: name -> (rule(params, xs, call), why).
-# (empty since the kernel's own packed GEMM: cpu_hybrid trains faster than fused at d_h 64 and 256)
-AUTO_WHEN: dict[str, tuple[Callable[..., bool], str]] = {}
+AUTO_WHEN: dict[str, tuple[Callable[..., bool], str]] = {
+    "cpu_kernel": (_kernel_rule, "d_h >= 128 or a bfloat16 compute_dtype (measured faster there)"),
+}
 _AUTO_DEFAULT = ("scan",)
 
 
@@ -174,9 +186,10 @@ def choose(params, xs, call: LayerCall, platform: Optional[str] = None) -> str:
     and whose ``AUTO_WHEN`` rule, if it has one, holds.
 
     Today, for plain LSTMs (no peephole, LayerNorm, projection or separate ``compute_dtype``): on
-    CPU ``"cpu_hybrid"`` for float32 weights when the C++ kernel is built (XLA scan forward,
-    kernel forward + backward when differentiated), else ``"fused"``; on GPU
-    and TPU ``"fused"``. A bfloat16 ``compute_dtype`` on CPU: ``"cpu_kernel"`` (mixed precision).
+    CPU, for float32 weights when the C++ kernel is built, ``"cpu_kernel"`` when some layer has
+    ``d_h >= 128`` and ``"cpu_hybrid"`` (XLA scan forward, kernel forward + backward when
+    differentiated) below, else ``"fused"``; on GPU and TPU ``"fused"``. A bfloat16
+    ``compute_dtype`` on CPU: ``"cpu_kernel"`` (mixed precision).
     Every other call: ``"scan"``. ``platform`` defaults to
     ``jax.default_backend()``.
     """

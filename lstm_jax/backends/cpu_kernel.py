@@ -1,22 +1,22 @@
 """``impl="cpu_kernel"``: plain float32 LSTM networks with the recurrence in a C++ kernel (XLA FFI).
 
-Per layer and direction (time-major ``[t, b, .]`` inside), as ``backends.pallas`` does on GPU:
+Per layer and direction (time-major ``[t, b, .]`` inside):
 
-1. the input projection ``zx = x W_x + b`` for all steps is ONE large XLA matmul;
-2. the forward kernel (``csrc/lstm_cpu.cc``, called through ``jax.ffi.ffi_call``) runs the whole
-   recurrence: per step the GEMM ``(h * mask) W_h`` (its own register-blocked micro-kernel over a
-   copy of ``W_h`` packed once per call, in panels of 16 hidden units x 4 gates) with the gate
-   nonlinearities, ``+ zx_t`` and the state update applied to each panel's block of the product
-   while it is in cache (nothing materialised between them; panels split across OpenMP threads
-   within a step when the step is large enough); lengths are masked inside (frozen carry, zero
-   outputs);
-3. under a ``jax.custom_vjp`` the training forward also stores the gate activations and cell
-   states, the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
-   packed panels of ``W_h^T``, each panel's block followed at once by the gate derivatives of
-   step ``t - 1``),
-   and ``dW_h = sum_t h_{t-1}^T dz_t`` is one large matmul after it; ``dW_x``, ``db`` and ``dX``
-   are JAX's autodiff of step 1, again single large matmuls. A call that is not differentiated
-   runs the inference kernel, which stores nothing.
+1. the forward kernel (``csrc/lstm_cpu.cc``, called through ``jax.ffi.ffi_call``) runs the whole
+   layer: per step ONE GEMM ``[x_t | h * mask] [W_x; W_h]`` (the input projection fused into the
+   recurrent GEMM, so no ``[t, b, 4h]`` projection is ever materialised; its own register-blocked
+   micro-kernel over a copy of both weights packed once per call, in panels of one vector
+   register's width of hidden units x 4 gates) with ``+ b``, the gate nonlinearities and the state
+   update applied to each panel's block of the product while it is in cache (panels split across
+   OpenMP threads within a step when the step is large enough); lengths are masked inside (frozen
+   carry, zero outputs);
+2. under a ``jax.custom_vjp`` the training forward also stores the gate activations and cell
+   states; the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
+   packed panels of ``W_h^T``, split along ``4h`` in chunks that stay in L1, each panel's block
+   followed at once by the gate derivatives of step ``t - 1``), writing ``dz`` over the stored
+   activations; then ``dW_h = sum_t h_{t-1}^T dz_t``, ``dW_x = X^T dz``, ``db`` and
+   ``dX = dz W_x^T`` are single large XLA matmuls. A call that is not differentiated runs the
+   inference kernel, which stores nothing.
 
 ``jax.vmap`` (e.g. a vmapped ensemble) passes the mapped axes to the kernel
 (``vmap_method="broadcast_all"``), which runs the members in one call, each with its own ``W_h``.
@@ -30,11 +30,11 @@ VJP; use ``impl="scan"``), and a machine where the kernel could not be built
 (``cpu_build.status()`` says why).
 
 ``compute_dtype=jnp.bfloat16`` is mixed precision as ``torch.autocast`` does it: the weights and
-inputs are rounded to bfloat16, the three GEMMs of the input projection (``x W_x``, ``dX``,
-``dW_x``) take bfloat16 operands with float32 accumulation (AMX / AVX512-BF16 where the CPU has
-them), and the recurrence, gates, carry and outputs stay float32 (``W_h`` and ``b`` rounded to
-bfloat16 values). It equals ``impl="scan"`` with the same ``compute_dtype`` to bfloat16 rounding
-(scan also rounds ``h`` before its recurrent matmul), not to float32 rounding.
+inputs are rounded to bfloat16 values, the products are exact in float32 and accumulate in
+float32 (in the kernel; ``dX`` and ``dW_x`` as bfloat16 GEMMs with float32 accumulation), and
+the recurrence, gates, carry and outputs stay float32 (``h`` is not rounded). It equals
+``impl="scan"`` with the same ``compute_dtype`` to bfloat16 rounding (scan also rounds ``h``
+before its recurrent matmul), not to float32 rounding.
 
 >>> from lstm_jax.layers import init_lstm, lstm
 >>> params = init_lstm(jax.random.key(0), 3, 8)
@@ -44,6 +44,8 @@ bfloat16 values). It equals ``impl="scan"`` with the same ``compute_dtype`` to b
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -88,31 +90,18 @@ def unsupported(params, xs, call) -> str | None:
 _F32, _BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
 
 
-# --------------------------------------------------------------------------- bfloat16 projection
-@jax.custom_vjp
-def _project_bf16(x, w):
-    """``x @ w`` for float32 ``x: [n, d_in]``, ``w: [d_in, g]`` with bfloat16 operands and float32
-    results; its VJP runs ``dX`` and ``dW`` as bfloat16 GEMMs too (float32 accumulation)."""
-    return jnp.dot(x.astype(_BF16), w.astype(_BF16), preferred_element_type=jnp.float32)
-
-
-def _project_bf16_fwd(x, w):
-    xb, wb = x.astype(_BF16), w.astype(_BF16)
-    return jnp.dot(xb, wb, preferred_element_type=jnp.float32), (xb, wb)
-
-
+# --------------------------------------------------------------------------- bfloat16 helpers
 def _project_bf16_bwd(res, g):
+    """The input gradients of ``x @ w`` (``x: [n, d_in]``, ``w: [d_in, g]`` as bfloat16) for the
+    float32 cotangent ``g: [n, g]``: ``(dX, dW)`` as bfloat16 GEMMs with float32 results."""
     xb, wb = res
     gb = g.astype(_BF16)
     return jnp.dot(gb, wb.T, preferred_element_type=jnp.float32), jnp.dot(xb.T, gb, preferred_element_type=jnp.float32)
 
 
-_project_bf16.defvjp(_project_bf16_fwd, _project_bf16_bwd)
-
-
 def _round_bf16(a):
-    """``a`` rounded to bfloat16 values, kept float32 (the gradient passes straight through)."""
-    return a.astype(_BF16).astype(jnp.float32)
+    """``a`` rounded to bfloat16 values, kept float32; the gradient passes straight through."""
+    return a + jax.lax.stop_gradient(a.astype(_BF16).astype(jnp.float32) - a)
 
 
 # --------------------------------------------------------------------------- FFI calls
@@ -120,47 +109,57 @@ def _like(shape, dtype=jnp.float32):
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _forward(zx, w_h, h0, c0, lengths, mask, *, store: bool):
+def _forward(xs, w_x, b, w_h, h0, c0, lengths, mask, *, store: bool):
     """The forward kernel: ``(ys, h_T, c_T)``, and with ``store`` also ``(acts, cs)``."""
-    t, b, g = zx.shape[-3:]
-    lead, d_h = zx.shape[:-3], g // 4
-    outs = [_like((*lead, t, b, d_h)), _like((*lead, b, d_h)), _like((*lead, b, d_h))]
+    t, bsz, _ = xs.shape[-3:]
+    lead, d_h = xs.shape[:-3], w_h.shape[-2]
+    outs = [_like((*lead, t, bsz, d_h)), _like((*lead, bsz, d_h)), _like((*lead, bsz, d_h))]
     if store:
-        outs += [_like((*lead, t, b, g)), _like((*lead, t, b, d_h))]
+        outs += [_like((*lead, t, bsz, 4 * d_h)), _like((*lead, t, bsz, d_h))]
     name = "lstm_jax_cpu_forward_train" if store else "lstm_jax_cpu_forward"
-    return jax.ffi.ffi_call(name, outs, vmap_method="broadcast_all")(zx, w_h, h0, c0, lengths, mask)
+    return jax.ffi.ffi_call(name, outs, vmap_method="broadcast_all")(xs, w_x, b, w_h, h0, c0, lengths, mask)
 
 
 def _backward(w_h, acts, cs, c0, lengths, mask, dys, dh, dc):
-    """The backward kernel: ``(dz [t, b, 4h], dh0, dc0 [b, h])``."""
+    """The backward kernel: ``(dz [t, b, 4h], dh0, dc0 [b, h])``; ``dz`` is written over ``acts``
+    (each step's gate activations are read once, just before that step's ``dz`` replaces them),
+    which saves allocating and faulting in a second buffer of that size."""
     outs = [_like(acts.shape), _like(c0.shape), _like(c0.shape)]
-    call = jax.ffi.ffi_call("lstm_jax_cpu_backward", outs, vmap_method="broadcast_all")
+    call = jax.ffi.ffi_call("lstm_jax_cpu_backward", outs, vmap_method="broadcast_all", input_output_aliases={1: 0})
     return call(w_h, acts, cs, c0, lengths, mask, dys, dh, dc)
 
 
 # --------------------------------------------------------------------------- custom VJP core
-@jax.custom_vjp
-def _core(w_h, zx, h0, c0, lengths, mask):
-    """The recurrence: ``zx: [t, b, 4*d_h]`` -> ``(ys: [t, b, d_h], h_T, c_T: [b, d_h])``."""
-    return tuple(_forward(zx, w_h, h0, c0, lengths, mask, store=False))
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _core(bf16: bool, w_x, w_h, b, xs, h0, c0, lengths, mask):
+    """One layer: ``xs: [t, b, d_in]`` -> ``(ys: [t, b, d_h], h_T, c_T: [b, d_h])``."""
+    return tuple(_forward(xs, w_x, b, w_h, h0, c0, lengths, mask, store=False))
 
 
-def _core_fwd(w_h, zx, h0, c0, lengths, mask):
-    ys, h, c, acts, cs = _forward(zx, w_h, h0, c0, lengths, mask, store=True)
-    return (ys, h, c), (w_h, h0, c0, lengths, mask, ys, acts, cs)
+def _core_fwd(bf16, w_x, w_h, b, xs, h0, c0, lengths, mask):
+    ys, h, c, acts, cs = _forward(xs, w_x, b, w_h, h0, c0, lengths, mask, store=True)
+    return (ys, h, c), (w_x, w_h, xs, h0, c0, lengths, mask, ys, acts, cs)
 
 
-def _core_bwd(res, cts):
-    w_h, h0, c0, lengths, mask, ys, acts, cs = res
+def _core_bwd(bf16, res, cts):
+    w_x, w_h, xs, h0, c0, lengths, mask, ys, acts, cs = res
     dys, dh, dc = cts
     dz, dh0, dc0 = _backward(w_h, acts, cs, c0, lengths, mask, dys, dh, dc)
     t, b, d_h = ys.shape
+    d_in = xs.shape[-1]
     # the (masked) h entering each step's recurrent matmul; at invalid steps dz = 0
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]
+    flat_dz = dz.reshape(t * b, 4 * d_h)
     with jax.named_scope("cpu_kernel_lstm_dw_h"):
-        dw_h = h_prev.reshape(t * b, d_h).T @ dz.reshape(t * b, 4 * d_h)
+        dw_h = h_prev.reshape(t * b, d_h).T @ flat_dz
+    with jax.named_scope("cpu_kernel_lstm_input_grads"):
+        flat_x = xs.reshape(t * b, d_in)
+        if bf16:  # xs and w_x hold bfloat16 values: exact as bfloat16 operands
+            dx, dw_x = _project_bf16_bwd((flat_x.astype(_BF16), w_x.astype(_BF16)), flat_dz)
+        else:
+            dx, dw_x = flat_dz @ w_x.T, flat_x.T @ flat_dz
     # lengths are integers (no cotangent); the mask is a constant (the caller stops its gradient)
-    return dw_h, dz, dh0, dc0, None, jnp.zeros_like(mask)
+    return dw_x, dw_h, flat_dz.sum(0), dx.reshape(t, b, d_in), dh0, dc0, None, jnp.zeros_like(mask)
 
 
 _core.defvjp(_core_fwd, _core_bwd)
@@ -170,19 +169,17 @@ _core.defvjp(_core_fwd, _core_bwd)
 def _layer(p: LSTMParams, h0, c0, xs, lengths, reverse: bool, rmask, bf16: bool = False):
     """One layer and direction over ``xs: [t, b, d_in]``: ``((h_T, c_T): [b, d_h], ys: [t, b, d_h])``;
     ``bf16``: the mixed-precision path of ``compute_dtype=bfloat16`` (module docstring)."""
-    t, b, d_in = xs.shape
+    t, b, _ = xs.shape
     d_h = p.w_h.shape[0]
     xs = zero_padding(xs.astype(jnp.float32), lengths)
     if reverse:
         xs = permute_valid_prefix(xs, lengths)
-    w_h, bias = (_round_bf16(p.w_h), _round_bf16(p.b)) if bf16 else (p.w_h, p.b)
-    with jax.named_scope("cpu_kernel_lstm_input_projection"):
-        flat = xs.reshape(t * b, d_in)
-        zx = (_project_bf16(flat, p.w_x) if bf16 else flat @ p.w_x) + bias[None]
-        zx = zx.reshape(t, b, 4 * d_h)
+    w_x, w_h, bias = p.w_x, p.w_h, p.b
+    if bf16:
+        xs, w_x, w_h, bias = (_round_bf16(a) for a in (xs, w_x, w_h, bias))
     lens = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
     mask = jnp.ones((b, d_h), jnp.float32) if rmask is None else jax.lax.stop_gradient(rmask.astype(jnp.float32))
-    ys, h, c = _core(w_h, zx, h0.astype(jnp.float32), c0.astype(jnp.float32), lens, mask)
+    ys, h, c = _core(bf16, w_x, w_h, bias, xs, h0.astype(jnp.float32), c0.astype(jnp.float32), lens, mask)
     if reverse:
         ys = permute_valid_prefix(ys, lengths)
     return (h, c), ys
@@ -196,7 +193,7 @@ def cpu_kernel_stack(params, xs: Array, call) -> tuple[Array, LSTMCarry]:
       xs: ``[b, t, d_in]``.
       call: a ``backends.LayerCall`` (lengths, initial state, dropout, ``compute_dtype`` float32 or
         bfloat16; ``unroll`` and ``hoist`` do not apply: the loop is in the kernel and the
-        projection always hoisted).
+        projection fused into its GEMM).
 
     Returns:
       ``(ys: [b, t, D*d_h], LSTMCarry(h: [b, L, D, d_h], c: [b, L, D, d_h]))``, float32.

@@ -1,28 +1,33 @@
 // lstm_jax CPU kernel: the LSTM recurrence as two XLA FFI handlers (forward, backward).
 //
-// Time-major, one layer and direction, float32. The input projection zx = x W_x + b is computed
-// by XLA before the call (one large GEMM). Per step the kernel multiplies the (masked) h by W_h
-// with its own register-blocked GEMM over a copy of W_h packed once per call, and applies the gate
-// nonlinearities and state update to each block of the product while it is still in cache (the
-// GEMM's epilogue): W_h is packed in panels of 16 hidden units x 4 gates, so one panel's product
-// holds everything the state update of those 16 units needs. The backward pass does the same with
-// W_h^T (panels of 32 hidden units): the product dz_t W_h^T of a panel is followed at once by the
-// gate derivatives of step t - 1 for those units. Panels are split across OpenMP threads within a
-// step (one barrier per step) when the step is large enough to pay for it.
+// Time-major, one layer and direction, float32. Per step the forward kernel runs ONE GEMM,
+// [x_t | h * mask] [W_x; W_h] (the input projection fused into the recurrent product, so no
+// [t, b, 4h] projection is ever written), with its own register-blocked micro-kernel over a copy
+// of both weights packed once per call, and applies the bias, the gate nonlinearities and the
+// state update to each block of the product while it is still in cache (the GEMM's epilogue): the
+// weights are packed in panels of VL hidden units x 4 gates (VL = the floats in one vector
+// register), so one panel's product holds everything the state update of those units needs. The
+// backward kernel does the same with W_h^T (panels of 2 VL hidden units, the GEMM split along 4h
+// in chunks that stay in L1): the product dz_t W_h^T of a panel is followed at once by the gate
+// derivatives of step t - 1 for those units. Panels are split across OpenMP threads within a step
+// (one barrier per step) when the step is large enough to pay for it.
 // Lengths: past lengths[b] the carry is frozen and the outputs are zero.
 // Leading axes before [t, b, .] are independent problems (jax.vmap with
-// vmap_method="broadcast_all": ensemble members), each with its own W_h; they run in parallel
+// vmap_method="broadcast_all": ensemble members), each with its own weights; they run in parallel
 // (OpenMP threads, one member per thread at a time).
 //
-// Forward inputs:  zx [..., t, b, 4h], w_h [..., h, 4h], h0 [..., b, h], c0 [..., b, h],
-//                  lengths [..., b] int32, mask [..., b, h]
+// Forward inputs:  xs [..., t, b, d], w_x [..., d, 4h], b [..., 4h], w_h [..., h, 4h],
+//                  h0 [..., b, h], c0 [..., b, h], lengths [..., b] int32, mask [..., b, h]
 // Forward outputs: ys [..., t, b, h], h_T, c_T [..., b, h]
 //                  and with residuals (LstmCpuForwardTrain): acts [..., t, b, 4h] (i, f, g, o after
 //                  their nonlinearities), cs [..., t, b, h] (cell state after each step)
 // Backward inputs: w_h, acts, cs, c0, lengths, mask, dys [..., t, b, h], dh_T, dc_T [..., b, h]
-// Backward outputs: dz [..., t, b, 4h] (gradient of the gate pre-activations), dh0, dc0 [..., b, h]
+// Backward outputs: dz [..., t, b, 4h] (gradient of the gate pre-activations; may alias acts:
+//                  each step's activations are read just before its dz overwrites them),
+//                  dh0, dc0 [..., b, h]
 
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -38,17 +43,43 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-inline float sigmoid(float x) { return 0.5f * std::tanh(0.5f * x) + 0.5f; }
+// tanh as a clamped rational function x P(x^2) / Q(x^2) (the minimax form XLA and Eigen use; max
+// abs error 4e-7 against double tanh over the floats): branch-free, so each gate loop vectorises
+// without a call to a vector math library.
+inline float tanh_f(float x) {
+  constexpr float kClamp = 7.90531110763549805f;  // beyond it tanh rounds to +-1 in float
+  x = std::min(kClamp, std::max(-kClamp, x));
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 - 8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+
+inline float sigmoid(float x) { return 0.5f * tanh_f(0.5f * x) + 0.5f; }
 
 // ----------------------------------------------------------------------------- packed GEMM
-// A 16-float vector (one AVX-512 register; two AVX2 registers elsewhere).
-typedef float vf __attribute__((vector_size(64)));
-constexpr int VL = 16;
+// One vector register of floats: 16 with AVX-512 (32 registers), else 8 (AVX2: 16 ymm registers;
+// elsewhere the compiler splits it). Rows per micro-kernel call are chosen so that the
+// accumulators, one panel row and a broadcast fit in the register file (no spills).
 #ifdef __AVX512F__
-constexpr int kRegs = 24;  // accumulator registers of the micro-kernel (of 32)
+constexpr int VL = 16;
+constexpr int FW_MR = 6;   // 6 rows x 4 vectors = 24 accumulators (of 32 registers)
+constexpr int BW_MR = 12;  // 12 rows x 2 vectors
 #else
-constexpr int kRegs = 6;  // 12 of 16 ymm registers
+constexpr int VL = 8;
+constexpr int FW_MR = 6;  // 6 rows x 2 vectors = 12 accumulators, + 2 panel + 1 broadcast (of 16)
+constexpr int BW_MR = 6;
 #endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 
 struct Aligned {  // 64-byte aligned float buffer
   float* p = nullptr;
@@ -62,12 +93,22 @@ struct Aligned {  // 64-byte aligned float buffer
   Aligned& operator=(const Aligned&) = delete;
 };
 
-// out[r][0:NV*16] = sum_k A[r, k] * P[k][0:NV*16] for r < MR; P is a packed panel [K][NV*16].
+// Ask for transparent huge pages on a large output buffer before the kernel first writes it: XLA
+// allocates fresh (untouched) memory for big outputs on each call, and faulting it in 4 KiB pages
+// costs more than the recurrence writing it (measured: 35k page faults, 50 ms per call at
+// t=256, b=64, h=256). Advice only: where THP is off this does nothing.
+inline void advise_huge(void* p, size_t bytes) {
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+}
+
+// acc[r][v] += sum_k A[r * lda + k] * P[k * NV * VL + v * VL : ...] for r < MR, k < K.
 template <int NV, int MR>
-inline void micro(const float* A, int64_t lda, const float* P, int64_t K, float* out) {
-  vf acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+__attribute__((always_inline)) inline void accumulate(vf (&acc)[MR][NV], const float* A, int64_t lda, const float* P,
+                                                      int64_t K) {
   for (int64_t k = 0; k < K; ++k) {
     const vf* p = reinterpret_cast<const vf*>(P + k * NV * VL);
     vf b[NV];
@@ -77,139 +118,193 @@ inline void micro(const float* A, int64_t lda, const float* P, int64_t K, float*
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
+}
+
+// out[r * ldo + 0 : NV * VL] (+)= A1[r, :K1] P[:K1] + A2[r, :K2] P[K1:K1 + K2] for r < MR, where P
+// is a packed panel [K1 + K2][NV * VL]: one GEMM over two operands side by side ([x_t | h] W in
+// the forward pass, with K2 = 0 elsewhere); with add, onto what out holds (a GEMM split along K).
+template <int NV, int MR>
+inline void micro(const float* A1, int64_t lda1, int64_t K1, const float* A2, int64_t lda2, int64_t K2,
+                  const float* P, float* out, int64_t ldo, bool add) {
+  vf acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) std::memcpy(out + (r * NV + v) * VL, &acc[r][v], sizeof(vf));
+    for (int v = 0; v < NV; ++v) {
+      acc[r][v] = vf{};
+      if (add) std::memcpy(&acc[r][v], out + r * ldo + v * VL, sizeof(vf));
+    }
+  accumulate<NV, MR>(acc, A1, lda1, P, K1);
+  accumulate<NV, MR>(acc, A2, lda2, P + K1 * NV * VL, K2);
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) std::memcpy(out + r * ldo + v * VL, &acc[r][v], sizeof(vf));
 }
 
 // micro<NV, mr> for a run-time mr in [1, MR].
 template <int NV, int MR>
-inline void micro_rows(int mr, const float* A, int64_t lda, const float* P, int64_t K, float* out) {
+inline void micro_rows(int mr, const float* A1, int64_t lda1, int64_t K1, const float* A2, int64_t lda2, int64_t K2,
+                       const float* P, float* out, int64_t ldo, bool add = false) {
   if (mr == MR) {
-    micro<NV, MR>(A, lda, P, K, out);
+    micro<NV, MR>(A1, lda1, K1, A2, lda2, K2, P, out, ldo, add);
   } else if constexpr (MR > 1) {
-    micro_rows<NV, MR - 1>(mr, A, lda, P, K, out);
+    micro_rows<NV, MR - 1>(mr, A1, lda1, K1, A2, lda2, K2, P, out, ldo, add);
   }
 }
 
-// Worth splitting one step over threads: about 2^20 multiply-adds or more (measured).
-inline bool threaded(int64_t b, int64_t h) { return b * h * 4 * h >= (int64_t{1} << 20); }
+// Rows per micro-kernel call for b rows and at most mr: the fewest calls, their rows as even as can
+// be (b = 8, mr = 6: 4 + 4 rather than 6 + 2, whose 2-row call cannot hide the FMA latency).
+inline int64_t even_rows(int64_t b, int64_t mr) {
+  const int64_t calls = (b + mr - 1) / mr;
+  return calls > 0 ? (b + calls - 1) / calls : mr;
+}
 
+// Worth splitting one step of b rows x k inputs over threads: 2^20 multiply-adds or more (measured
+// on 2 cores; below it a thread that loses its core for a moment stalls every per-step barrier).
+inline bool threaded(int64_t b, int64_t k, int64_t h) { return b * k * 4 * h >= (int64_t{1} << 20); }
 struct Dims {
-  int64_t members, t, b, h;
+  int64_t members, t, b, d, h;
 };
 
-ffi::Error get_dims(const ffi::Buffer<ffi::F32>& zx_or_acts, const ffi::Buffer<ffi::F32>& w_h, Dims* d) {
-  auto zd = zx_or_acts.dimensions();
+// The shapes of xs [..., t, b, d] (or dz [..., t, b, 4h] with d = 4h) and w_h [..., h, 4h].
+ffi::Error get_dims(const ffi::Buffer<ffi::F32>& xs, const ffi::Buffer<ffi::F32>& w_h, Dims* d) {
+  auto xd = xs.dimensions();
   auto wd = w_h.dimensions();
-  if (zd.size() < 3 || wd.size() < 2 || zd.size() != wd.size() + 1) {
-    return ffi::Error::InvalidArgument("lstm_cpu: expected zx [..., t, b, 4h] and w_h [..., h, 4h]");
+  if (xd.size() < 3 || wd.size() < 2 || xd.size() != wd.size() + 1) {
+    return ffi::Error::InvalidArgument("lstm_cpu: expected xs [..., t, b, d] and w_h [..., h, 4h]");
   }
-  int64_t r = zd.size();
-  d->t = zd[r - 3];
-  d->b = zd[r - 2];
+  int64_t r = xd.size();
+  d->t = xd[r - 3];
+  d->b = xd[r - 2];
+  d->d = xd[r - 1];
   d->h = wd[wd.size() - 2];
-  if (zd[r - 1] != 4 * d->h || wd[wd.size() - 1] != 4 * d->h) {
-    return ffi::Error::InvalidArgument("lstm_cpu: expected the last axis of zx and w_h to be 4h");
-  }
+  if (wd[wd.size() - 1] != 4 * d->h) return ffi::Error::InvalidArgument("lstm_cpu: expected w_h [..., h, 4h]");
   d->members = 1;
   for (int64_t i = 0; i < r - 3; ++i) {
-    if (zd[i] != wd[i]) return ffi::Error::InvalidArgument("lstm_cpu: leading axes of zx and w_h differ");
-    d->members *= zd[i];
+    if (xd[i] != wd[i]) return ffi::Error::InvalidArgument("lstm_cpu: leading axes of xs and w_h differ");
+    d->members *= xd[i];
   }
   return ffi::Error::Success();
 }
 
 // ----------------------------------------------------------------------------- forward
-constexpr int FW_NV = 4;                         // panel: 16 hidden units x 4 gates = 4 vectors
-constexpr int FW_MR = std::max(1, kRegs / FW_NV);  // rows per micro-kernel call
-constexpr int FW_U = VL;                         // hidden units per panel
+// A panel holds VL hidden units x 4 gates (4 vectors), in FW_SUBS sub-panels of FW_NV vectors: the
+// micro-kernel runs one sub-panel at a time, so its accumulators fit the register file.
+#ifdef __AVX512F__
+constexpr int FW_NV = 4;
+#else
+constexpr int FW_NV = 2;
+#endif
+constexpr int FW_SUBS = 4 / FW_NV;
+constexpr int FW_U = VL;      // hidden units per panel
+constexpr int FW_W = 4 * VL;  // floats per panel row (and per row of the product buffer)
 
-// W_h [H, 4H] -> panels [P][H][64]: panel p, row k, column q*16 + u = W_h[k, q*H + 16p + u].
-void pack_forward(const float* w_h, int64_t H, float* out) {
-  const int64_t P = (H + FW_U - 1) / FW_U, G = 4 * H;
+// [W_x; W_h] ([D + H, 4H]) -> panels [P][FW_SUBS][D + H][FW_NV * VL]: panel p, sub-panel s, row k,
+// column v * VL + u = W[k, q * H + VL * p + u] with gate q = s * FW_NV + v.
+void pack_forward(const float* w_x, const float* w_h, int64_t D, int64_t H, float* out) {
+  const int64_t P = (H + FW_U - 1) / FW_U, G = 4 * H, K = D + H;
   for (int64_t p = 0; p < P; ++p)
-    for (int64_t k = 0; k < H; ++k)
-      for (int q = 0; q < 4; ++q)
-        for (int u = 0; u < FW_U; ++u) {
-          const int64_t j = p * FW_U + u;
-          out[(p * H + k) * 4 * FW_U + q * FW_U + u] = j < H ? w_h[k * G + q * H + j] : 0.0f;
-        }
+    for (int s = 0; s < FW_SUBS; ++s)
+      for (int64_t k = 0; k < K; ++k)
+        for (int v = 0; v < FW_NV; ++v)
+          for (int u = 0; u < FW_U; ++u) {
+            const int64_t j = p * FW_U + u, col = (s * FW_NV + v) * H + j;
+            const float w = j >= H ? 0.0f : (k < D ? w_x[k * G + col] : w_h[(k - D) * G + col]);
+            out[((p * FW_SUBS + s) * K + k) * FW_NV * VL + v * VL + u] = w;
+          }
 }
 
-// One forward problem. acts/cs may be null (inference).
-void forward_one(const Dims& d, const float* zx, const float* w_h, const float* h0, const float* c0,
-                 const int32_t* lengths, const float* mask, float* ys, float* h_out, float* c_out, float* acts,
-                 float* cs) {
-  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + FW_U - 1) / FW_U;
-  Aligned packed(P * H * 4 * FW_U), hm0(B * H), hm1(B * H);
-  pack_forward(w_h, H, packed.p);
-  std::copy(h0, h0 + B * H, h_out);
-  std::copy(c0, c0 + B * H, c_out);
-  for (int64_t k = 0; k < B * H; ++k) hm0.p[k] = h_out[k] * mask[k];
+struct ForwardArgs {
+  const float *xs, *w_x, *b, *w_h, *h0, *c0;
+  const int32_t* lengths;
+  const float* mask;
+  float *ys, *h_out, *c_out, *acts, *cs;  // acts, cs: only with kStore
+};
+
+// The gate update of rows [r0, r1) and units [j0, j0 + jn) at step t, from their block of the
+// product g ([b][4 VL]: gate q of unit u at q * VL + u) and the bias.
+template <bool kStore>
+inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t r0, int64_t r1, int64_t j0,
+                        int64_t jn, const float* prod, const float* cur, float* nxt) {
+  const int64_t B = d.b, H = d.h, G = 4 * d.h;
+  for (int64_t b = r0; b < r1; ++b) {
+    float* h = a.h_out + b * H + j0;
+    float* c = a.c_out + b * H + j0;
+    float* y = a.ys + (t * B + b) * H + j0;
+    float* hn_m = nxt + b * H + j0;
+    float* act = kStore ? a.acts + (t * B + b) * G + j0 : nullptr;
+    if (t >= a.lengths[b]) {  // frozen carry, zero outputs
+      std::fill(y, y + jn, 0.0f);
+      if constexpr (kStore)
+        for (int q = 0; q < 4; ++q) std::fill(act + q * H, act + q * H + jn, 0.0f);
+      std::copy(cur + b * H + j0, cur + b * H + j0 + jn, hn_m);
+    } else {
+      const float* g = prod + b * FW_W;
+      const float* z = a.b + j0;
+      const float* m = a.mask + b * H + j0;
+#pragma omp simd
+      for (int64_t u = 0; u < jn; ++u) {
+        float ig = sigmoid(g[u] + z[u]), fg = sigmoid(g[FW_U + u] + z[H + u]);
+        float gg = tanh_f(g[2 * FW_U + u] + z[2 * H + u]), og = sigmoid(g[3 * FW_U + u] + z[3 * H + u]);
+        float cn = fg * c[u] + ig * gg;
+        float hv = og * tanh_f(cn);
+        c[u] = cn;
+        h[u] = hv;
+        y[u] = hv;
+        hn_m[u] = hv * m[u];
+        if constexpr (kStore) {
+          act[u] = ig;
+          act[H + u] = fg;
+          act[2 * H + u] = gg;
+          act[3 * H + u] = og;
+        }
+      }
+    }
+    if constexpr (kStore) std::copy(c, c + jn, a.cs + (t * B + b) * H + j0);
+  }
+}
+
+// One forward problem: per step t and panel, the product [x_t | h * mask] [W_x; W_h] of all rows
+// (sub-panel by sub-panel, each sub-panel staying in L1 across the rows), then the gate update.
+template <bool kStore>
+void forward_one(const Dims& d, const ForwardArgs& a) {
+  const int64_t B = d.b, D = d.d, H = d.h, K = D + H, P = (H + FW_U - 1) / FW_U, fw_rows = even_rows(B, FW_MR);
+  Aligned packed(P * K * FW_W), hm0(B * H), hm1(B * H);
+  pack_forward(a.w_x, a.w_h, D, H, packed.p);
+  std::copy(a.h0, a.h0 + B * H, a.h_out);
+  std::copy(a.c0, a.c0 + B * H, a.c_out);
+  for (int64_t k = 0; k < B * H; ++k) hm0.p[k] = a.h_out[k] * a.mask[k];
   int32_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, lengths[b]);
-#pragma omp parallel if (threaded(B, H))
+  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, a.lengths[b]);
+#pragma omp parallel if (threaded(B, K, H))
   {
-    alignas(64) float buf[FW_MR * FW_NV * VL];
+    Aligned prod(B * FW_W);  // this thread's product block of one panel, all rows
     for (int64_t t = 0; t < d.t; ++t) {
       const float* cur = (t % 2 == 0) ? hm0.p : hm1.p;  // h * mask entering step t (read by every panel)
       float* nxt = (t % 2 == 0) ? hm1.p : hm0.p;        // ... leaving it (each panel writes its units)
-      const float* zx_t = zx + t * B * G;
-      float* y_t = ys + t * B * H;
+      const float* x_t = a.xs + t * B * D;
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < P; ++p) {
         const int64_t j0 = p * FW_U, jn = std::min<int64_t>(FW_U, H - j0);
-        for (int64_t r0 = 0; r0 < B; r0 += FW_MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(FW_MR, B - r0));
-          if (t < longest) micro_rows<FW_NV, FW_MR>(mr, cur + r0 * H, H, packed.p + p * H * 4 * FW_U, H, buf);
-          for (int r = 0; r < mr; ++r) {
-            const int64_t b = r0 + r;
-            float* h = h_out + b * H + j0;
-            float* c = c_out + b * H + j0;
-            float* y = y_t + b * H + j0;
-            float* a = acts ? acts + (t * B + b) * G + j0 : nullptr;
-            const float* m = mask + b * H + j0;
-            float* hn_m = nxt + b * H + j0;
-            if (t >= lengths[b]) {  // frozen carry, zero outputs
-              std::fill(y, y + jn, 0.0f);
-              if (a)
-                for (int q = 0; q < 4; ++q) std::fill(a + q * H, a + q * H + jn, 0.0f);
-              std::copy(cur + b * H + j0, cur + b * H + j0 + jn, hn_m);
-            } else {
-              const float* g = buf + r * FW_NV * VL;
-              const float* z = zx_t + b * G + j0;
-#pragma omp simd
-              for (int64_t u = 0; u < jn; ++u) {
-                float ig = sigmoid(g[u] + z[u]), fg = sigmoid(g[FW_U + u] + z[H + u]);
-                float gg = std::tanh(g[2 * FW_U + u] + z[2 * H + u]), og = sigmoid(g[3 * FW_U + u] + z[3 * H + u]);
-                float cn = fg * c[u] + ig * gg;
-                float hv = og * std::tanh(cn);
-                c[u] = cn;
-                h[u] = hv;
-                y[u] = hv;
-                hn_m[u] = hv * m[u];
-                if (a) {
-                  a[u] = ig;
-                  a[H + u] = fg;
-                  a[2 * H + u] = gg;
-                  a[3 * H + u] = og;
-                }
-              }
+        if (t < longest) {
+          for (int s = 0; s < FW_SUBS; ++s) {
+            const float* panel = packed.p + (p * FW_SUBS + s) * K * FW_NV * VL;
+            for (int64_t r0 = 0; r0 < B; r0 += fw_rows) {
+              const int mr = static_cast<int>(std::min<int64_t>(fw_rows, B - r0));
+              micro_rows<FW_NV, FW_MR>(mr, x_t + r0 * D, D, D, cur + r0 * H, H, H, panel,
+                                       prod.p + r0 * FW_W + s * FW_NV * VL, FW_W);
             }
-            if (cs) std::copy(c, c + jn, cs + (t * B + b) * H + j0);
           }
         }
+        gate_update<kStore>(d, a, t, 0, B, j0, jn, prod.p, cur, nxt);
       }  // implicit barrier: step t + 1 reads every panel's units of nxt
     }
   }
 }
 
 // ----------------------------------------------------------------------------- backward
-constexpr int BW_NV = 2;                         // panel: 32 hidden units = 2 vectors
-constexpr int BW_MR = std::max(1, kRegs / BW_NV);
+constexpr int BW_NV = 2;  // panel: 2 VL hidden units = 2 vectors
 constexpr int BW_U = BW_NV * VL;
+constexpr int64_t BW_KC = 16384 / (BW_U * sizeof(float));  // rows of a 16 KiB panel chunk (stays in L1)
 
-// W_h [H, 4H] -> W_h^T panels [P][4H][32]: panel p, row g, column u = W_h[32p + u, g].
+// W_h [H, 4H] -> W_h^T panels [P][4H][2 VL]: panel p, row g, column u = W_h[2 VL*p + u, g].
 void pack_backward(const float* w_h, int64_t H, float* out) {
   const int64_t P = (H + BW_U - 1) / BW_U, G = 4 * H;
   for (int64_t p = 0; p < P; ++p)
@@ -239,7 +334,7 @@ inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t 
 #pragma omp simd
   for (int64_t j = 0; j < kn; ++j) {
     float ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
-    float tc = std::tanh(c_t[j]);
+    float tc = tanh_f(c_t[j]);
     float dht = dy[j] + dhb[j];
     float dct = dcb[j] + dht * og * (1.0f - tc * tc);
     z[j] = dct * gg * ig * (1.0f - ig);
@@ -253,17 +348,18 @@ inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t 
 void backward_one(const Dims& d, const float* w_h, const float* acts, const float* cs, const float* c0,
                   const int32_t* lengths, const float* mask, const float* dys, const float* dh_T, const float* dc_T,
                   float* dz, float* dh, float* dc) {
-  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + BW_U - 1) / BW_U;
+  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + BW_U - 1) / BW_U, bw_rows = even_rows(B, BW_MR);
   Aligned packed(P * G * BW_U);
   pack_backward(w_h, H, packed.p);
   std::copy(dh_T, dh_T + B * H, dh);
   std::copy(dc_T, dc_T + B * H, dc);
   if (d.t == 0) return;
-#pragma omp parallel if (threaded(B, H))
+#pragma omp parallel if (threaded(B, H, H))
   {
-    alignas(64) float buf[BW_MR * BW_NV * VL];
+    Aligned prod(B * BW_U);  // this thread's block of dz_t W_h^T for one panel, all rows
     // dz of the last step; then per step t: dh_{t-1} = (dz_t W_h^T) * mask for rows inside their
     // sequence (a frozen step passes dh through), and at once the dz of step t - 1, panel by panel
+    // (the GEMM split along its K = 4h in chunks that stay in L1 across the rows)
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < P; ++p) {
       const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
@@ -274,52 +370,80 @@ void backward_one(const Dims& d, const float* w_h, const float* acts, const floa
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < P; ++p) {
         const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
-        for (int64_t r0 = 0; r0 < B; r0 += BW_MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(BW_MR, B - r0));
-          micro_rows<BW_NV, BW_MR>(mr, dz_t + r0 * G, G, packed.p + p * G * BW_U, G, buf);
-          for (int r = 0; r < mr; ++r) {
-            const int64_t b = r0 + r;
-            if (t < lengths[b]) {
-              const float* back = buf + r * BW_U;
-              for (int64_t j = 0; j < kn; ++j) dh[b * H + k0 + j] = back[j] * mask[b * H + k0 + j];
-            }
-            if (t > 0) gate_grads(d, t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
+        const float* panel = packed.p + p * G * BW_U;
+        for (int64_t g0 = 0; g0 < G; g0 += BW_KC) {
+          const int64_t kc = std::min<int64_t>(BW_KC, G - g0);
+          for (int64_t r0 = 0; r0 < B; r0 += bw_rows) {
+            const int mr = static_cast<int>(std::min<int64_t>(bw_rows, B - r0));
+            micro_rows<BW_NV, BW_MR>(mr, dz_t + r0 * G + g0, G, kc, nullptr, 0, 0, panel + g0 * BW_U,
+                                     prod.p + r0 * BW_U, BW_U, g0 > 0);
           }
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          if (t < lengths[b]) {
+            const float* back = prod.p + b * BW_U;
+            for (int64_t j = 0; j < kn; ++j) dh[b * H + k0 + j] = back[j] * mask[b * H + k0 + j];
+          }
+          if (t > 0) gate_grads(d, t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
         }
       }  // implicit barrier: step t - 1's GEMM reads every panel's units of dz_{t-1}
     }
   }
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
-                   ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask,
-                   ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T,
-                   float* acts, float* cs) {
+ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
+                   ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                   ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> ys,
+                   ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T, float* acts, float* cs) {
   Dims d;
-  if (auto e = get_dims(zx, w_h, &d); e.failure()) return e;
-  const int64_t B = d.b, H = d.h, G = 4 * d.h, T = d.t;
+  if (auto e = get_dims(xs, w_h, &d); e.failure()) return e;
+  const int64_t B = d.b, D = d.d, H = d.h, G = 4 * d.h, T = d.t;
+  auto wxd = w_x.dimensions();
+  if (wxd.size() != w_h.dimensions().size() || wxd[wxd.size() - 2] != D || wxd[wxd.size() - 1] != G ||
+      static_cast<int64_t>(b.element_count()) != d.members * G) {
+    return ffi::Error::InvalidArgument("lstm_cpu: expected w_x [..., d, 4h] and b [..., 4h]");
+  }
+  const size_t n_out = static_cast<size_t>(d.members) * T * B;
+  advise_huge(ys->typed_data(), n_out * H * sizeof(float));
+  if (acts) advise_huge(acts, n_out * G * sizeof(float));
+  if (cs) advise_huge(cs, n_out * H * sizeof(float));
 #pragma omp parallel for schedule(static) if (d.members > 1)
   for (int64_t m = 0; m < d.members; ++m) {
-    forward_one(d, zx.typed_data() + m * T * B * G, w_h.typed_data() + m * H * G, h0.typed_data() + m * B * H,
-                c0.typed_data() + m * B * H, lengths.typed_data() + m * B, mask.typed_data() + m * B * H,
-                ys->typed_data() + m * T * B * H, h_T->typed_data() + m * B * H, c_T->typed_data() + m * B * H,
-                acts ? acts + m * T * B * G : nullptr, cs ? cs + m * T * B * H : nullptr);
+    ForwardArgs a{xs.typed_data() + m * T * B * D,
+                  w_x.typed_data() + m * D * G,
+                  b.typed_data() + m * G,
+                  w_h.typed_data() + m * H * G,
+                  h0.typed_data() + m * B * H,
+                  c0.typed_data() + m * B * H,
+                  lengths.typed_data() + m * B,
+                  mask.typed_data() + m * B * H,
+                  ys->typed_data() + m * T * B * H,
+                  h_T->typed_data() + m * B * H,
+                  c_T->typed_data() + m * B * H,
+                  acts ? acts + m * T * B * G : nullptr,
+                  cs ? cs + m * T * B * H : nullptr};
+    if (acts) {
+      forward_one<true>(d, a);
+    } else {
+      forward_one<false>(d, a);
+    }
   }
   return ffi::Error::Success();
 }
-ffi::Error ForwardInfer(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
-                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask,
-                        ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_T,
-                        ffi::ResultBuffer<ffi::F32> c_T) {
-  return Forward(zx, w_h, h0, c0, lengths, mask, ys, h_T, c_T, nullptr, nullptr);
+
+ffi::Error ForwardInfer(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
+                        ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> ys,
+                        ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T) {
+  return Forward(xs, w_x, b, w_h, h0, c0, lengths, mask, ys, h_T, c_T, nullptr, nullptr);
 }
 
-ffi::Error ForwardTrain(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0,
-                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask,
-                        ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_T,
-                        ffi::ResultBuffer<ffi::F32> c_T, ffi::ResultBuffer<ffi::F32> acts,
-                        ffi::ResultBuffer<ffi::F32> cs) {
-  return Forward(zx, w_h, h0, c0, lengths, mask, ys, h_T, c_T, acts->typed_data(), cs->typed_data());
+ffi::Error ForwardTrain(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
+                        ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                        ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> ys,
+                        ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T,
+                        ffi::ResultBuffer<ffi::F32> acts, ffi::ResultBuffer<ffi::F32> cs) {
+  return Forward(xs, w_x, b, w_h, h0, c0, lengths, mask, ys, h_T, c_T, acts->typed_data(), cs->typed_data());
 }
 
 ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
@@ -329,6 +453,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::
   Dims d;
   if (auto e = get_dims(acts, w_h, &d); e.failure()) return e;
   const int64_t B = d.b, H = d.h, G = 4 * d.h, T = d.t;
+  advise_huge(dz->typed_data(), static_cast<size_t>(d.members) * T * B * G * sizeof(float));
 #pragma omp parallel for schedule(static) if (d.members > 1)
   for (int64_t m = 0; m < d.members; ++m) {
     backward_one(d, w_h.typed_data() + m * H * G, acts.typed_data() + m * T * B * G, cs.typed_data() + m * T * B * H,
@@ -343,6 +468,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::
 
 #define LSTM_CPU_FORWARD_ARGS                                                                            \
   ffi::Ffi::Bind()                                                                                       \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
