@@ -150,14 +150,14 @@ def _core_bwd(bf16, res, cts):
     # the (masked) h entering each step's recurrent matmul; at invalid steps dz = 0
     h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]
     flat_dz = dz.reshape(t * b, 4 * d_h)
-    with jax.named_scope("cpu_kernel_lstm_dw_h"):
-        dw_h = h_prev.reshape(t * b, d_h).T @ flat_dz
-    with jax.named_scope("cpu_kernel_lstm_input_grads"):
-        flat_x = xs.reshape(t * b, d_in)
+    with jax.named_scope("cpu_kernel_lstm_weight_grads"):
         if bf16:  # xs and w_x hold bfloat16 values: exact as bfloat16 operands
-            dx, dw_x = _project_bf16_bwd((flat_x.astype(_BF16), w_x.astype(_BF16)), flat_dz)
-        else:
-            dx, dw_x = flat_dz @ w_x.T, flat_x.T @ flat_dz
+            dx, dw_x = _project_bf16_bwd((xs.reshape(t * b, d_in).astype(_BF16), w_x.astype(_BF16)), flat_dz)
+            dw_h = h_prev.reshape(t * b, d_h).T @ flat_dz
+        else:  # [dW_x; dW_h] = [x_t | h_{t-1}]^T dz_t summed over steps: one GEMM, one pass over dz
+            dw = jnp.concatenate([xs, h_prev], axis=-1).reshape(t * b, d_in + d_h).T @ flat_dz
+            dw_x, dw_h = dw[:d_in], dw[d_in:]
+            dx = flat_dz @ w_x.T
     # lengths are integers (no cotangent); the mask is a constant (the caller stops its gradient)
     return dw_x, dw_h, flat_dz.sum(0), dx.reshape(t, b, d_in), dh0, dc0, None, jnp.zeros_like(mask)
 

@@ -331,6 +331,13 @@ inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t 
   const float* dy = dys + (t * B + b) * H + k0;
   const float* dhb = dh + b * H + k0;
   float* dcb = dc + b * H + k0;
+  if (t > 0) {  // the same rows of step t - 1, read one step from now: fetch them while this one runs
+    for (int64_t j = 0; j < kn; j += 64 / sizeof(float)) {
+      for (int q = 0; q < 4; ++q) __builtin_prefetch(a - B * G + q * H + j);
+      if (t > 1) __builtin_prefetch(c_prev - B * H + j);
+      __builtin_prefetch(dy - B * H + j);
+    }
+  }
 #pragma omp simd
   for (int64_t j = 0; j < kn; ++j) {
     float ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
