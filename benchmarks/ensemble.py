@@ -152,7 +152,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 members, 2 epochs, 1 repeat")
     parser.add_argument("--out", default=None, help="also write the result JSON here")
-    parser.add_argument("--impl", default="scan", help="the layer backend of both sides (default: %(default)s)")
+    parser.add_argument("--impl", default="auto", help="the layer backend of both sides (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = _sizes(args.sizes)
     if args.quick:

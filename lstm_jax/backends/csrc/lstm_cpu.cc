@@ -218,8 +218,36 @@ struct ForwardArgs {
   float *ys, *h_out, *c_out, *acts, *cs;  // acts, cs: only with kStore
 };
 
+// The gate update of n units of one row: g its block of the product (gate q of unit u at
+// q * VL + u), z the bias, c the cell state (updated); writes h, y, h * mask and, with kStore, the
+// activations (gate q at q * H) and the new cell state. kN > 0: n = kN known at compile time (a
+// whole panel: one straight run of vector code, no remainder loop).
+template <bool kStore, int kN>
+inline void update_units(int64_t n, int64_t H, const float* g, const float* z, const float* m, float* c, float* h,
+                         float* y, float* hn_m, float* act, float* c_st) {
+  const int64_t units = kN > 0 ? kN : n;
+#pragma omp simd
+  for (int64_t u = 0; u < units; ++u) {
+    float ig = sigmoid(g[u] + z[u]), fg = sigmoid(g[FW_U + u] + z[H + u]);
+    float gg = tanh_f(g[2 * FW_U + u] + z[2 * H + u]), og = sigmoid(g[3 * FW_U + u] + z[3 * H + u]);
+    float cn = fg * c[u] + ig * gg;
+    float hv = og * tanh_f(cn);
+    c[u] = cn;
+    h[u] = hv;
+    y[u] = hv;
+    hn_m[u] = hv * m[u];
+    if constexpr (kStore) {
+      act[u] = ig;
+      act[H + u] = fg;
+      act[2 * H + u] = gg;
+      act[3 * H + u] = og;
+      c_st[u] = cn;
+    }
+  }
+}
+
 // The gate update of rows [r0, r1) and units [j0, j0 + jn) at step t, from their block of the
-// product g ([b][4 VL]: gate q of unit u at q * VL + u) and the bias.
+// product prod ([b][4 VL]) and the bias.
 template <bool kStore>
 inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t r0, int64_t r1, int64_t j0,
                         int64_t jn, const float* prod, const float* cur, float* nxt) {
@@ -230,34 +258,19 @@ inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t 
     float* y = a.ys + (t * B + b) * H + j0;
     float* hn_m = nxt + b * H + j0;
     float* act = kStore ? a.acts + (t * B + b) * G + j0 : nullptr;
+    float* c_st = kStore ? a.cs + (t * B + b) * H + j0 : nullptr;
     if (t >= a.lengths[b]) {  // frozen carry, zero outputs
       std::fill(y, y + jn, 0.0f);
-      if constexpr (kStore)
+      if constexpr (kStore) {
         for (int q = 0; q < 4; ++q) std::fill(act + q * H, act + q * H + jn, 0.0f);
-      std::copy(cur + b * H + j0, cur + b * H + j0 + jn, hn_m);
-    } else {
-      const float* g = prod + b * FW_W;
-      const float* z = a.b + j0;
-      const float* m = a.mask + b * H + j0;
-#pragma omp simd
-      for (int64_t u = 0; u < jn; ++u) {
-        float ig = sigmoid(g[u] + z[u]), fg = sigmoid(g[FW_U + u] + z[H + u]);
-        float gg = tanh_f(g[2 * FW_U + u] + z[2 * H + u]), og = sigmoid(g[3 * FW_U + u] + z[3 * H + u]);
-        float cn = fg * c[u] + ig * gg;
-        float hv = og * tanh_f(cn);
-        c[u] = cn;
-        h[u] = hv;
-        y[u] = hv;
-        hn_m[u] = hv * m[u];
-        if constexpr (kStore) {
-          act[u] = ig;
-          act[H + u] = fg;
-          act[2 * H + u] = gg;
-          act[3 * H + u] = og;
-        }
+        std::copy(c, c + jn, c_st);
       }
+      std::copy(cur + b * H + j0, cur + b * H + j0 + jn, hn_m);
+    } else if (jn == FW_U) {
+      update_units<kStore, FW_U>(jn, H, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, act, c_st);
+    } else {
+      update_units<kStore, 0>(jn, H, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, act, c_st);
     }
-    if constexpr (kStore) std::copy(c, c + jn, a.cs + (t * B + b) * H + j0);
   }
 }
 
@@ -315,6 +328,26 @@ void pack_backward(const float* w_h, int64_t H, float* out) {
       }
 }
 
+// The gate derivatives of n units of one row (kN > 0: n = kN known at compile time): dz from the
+// stored activations a (gate q at q * H), the cell states, dy + dh and dc; updates dc.
+template <int kN>
+inline void grad_units(int64_t n, int64_t H, const float* a, const float* c_t, const float* c_prev, const float* dy,
+                       const float* dhb, float* dcb, float* z) {
+  const int64_t units = kN > 0 ? kN : n;
+#pragma omp simd
+  for (int64_t j = 0; j < units; ++j) {
+    float ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
+    float tc = tanh_f(c_t[j]);
+    float dht = dy[j] + dhb[j];
+    float dct = dcb[j] + dht * og * (1.0f - tc * tc);
+    z[j] = dct * gg * ig * (1.0f - ig);
+    z[H + j] = dct * c_prev[j] * fg * (1.0f - fg);
+    z[2 * H + j] = dct * ig * (1.0f - gg * gg);
+    z[3 * H + j] = dht * tc * og * (1.0f - og);
+    dcb[j] = dct * fg;
+  }
+}
+
 // dz of step t for rows b and units [k0, k0 + kn): the gate derivatives from dh, dc; updates dc.
 inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t kn, const float* acts,
                        const float* cs, const float* c0, const int32_t* lengths, const float* dys, const float* dh,
@@ -338,17 +371,10 @@ inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t 
       __builtin_prefetch(dy - B * H + j);
     }
   }
-#pragma omp simd
-  for (int64_t j = 0; j < kn; ++j) {
-    float ig = a[j], fg = a[H + j], gg = a[2 * H + j], og = a[3 * H + j];
-    float tc = tanh_f(c_t[j]);
-    float dht = dy[j] + dhb[j];
-    float dct = dcb[j] + dht * og * (1.0f - tc * tc);
-    z[j] = dct * gg * ig * (1.0f - ig);
-    z[H + j] = dct * c_prev[j] * fg * (1.0f - fg);
-    z[2 * H + j] = dct * ig * (1.0f - gg * gg);
-    z[3 * H + j] = dht * tc * og * (1.0f - og);
-    dcb[j] = dct * fg;
+  if (kn == BW_U) {
+    grad_units<BW_U>(kn, H, a, c_t, c_prev, dy, dhb, dcb, z);
+  } else {
+    grad_units<0>(kn, H, a, c_t, c_prev, dy, dhb, dcb, z);
   }
 }
 
