@@ -246,13 +246,13 @@ inline void update_units(int64_t n, int64_t H, const float* g, const float* z, c
   }
 }
 
-// The gate update of rows [r0, r1) and units [j0, j0 + jn) at step t, from their block of the
+// The gate update of every row and units [j0, j0 + jn) at step t, from their block of the
 // product prod ([b][4 VL]) and the bias.
 template <bool kStore>
-inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t r0, int64_t r1, int64_t j0,
-                        int64_t jn, const float* prod, const float* cur, float* nxt) {
+inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t j0, int64_t jn, const float* prod,
+                        const float* cur, float* nxt) {
   const int64_t B = d.b, H = d.h, G = 4 * d.h;
-  for (int64_t b = r0; b < r1; ++b) {
+  for (int64_t b = 0; b < B; ++b) {
     float* h = a.h_out + b * H + j0;
     float* c = a.c_out + b * H + j0;
     float* y = a.ys + (t * B + b) * H + j0;
@@ -306,7 +306,7 @@ void forward_one(const Dims& d, const ForwardArgs& a) {
             }
           }
         }
-        gate_update<kStore>(d, a, t, 0, B, j0, jn, prod.p, cur, nxt);
+        gate_update<kStore>(d, a, t, j0, jn, prod.p, cur, nxt);
       }  // implicit barrier: step t + 1 reads every panel's units of nxt
     }
   }
@@ -486,7 +486,6 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::
   Dims d;
   if (auto e = get_dims(acts, w_h, &d); e.failure()) return e;
   const int64_t B = d.b, H = d.h, G = 4 * d.h, T = d.t;
-  advise_huge(dz->typed_data(), static_cast<size_t>(d.members) * T * B * G * sizeof(float));
 #pragma omp parallel for schedule(static) if (d.members > 1)
   for (int64_t m = 0; m < d.members; ++m) {
     backward_one(d, w_h.typed_data() + m * H * G, acts.typed_data() + m * T * B * G, cs.typed_data() + m * T * B * H,
