@@ -174,6 +174,20 @@ def test_without_a_compiler_the_backend_says_why_and_auto_runs_xla(monkeypatch, 
     _close(lstm(params, xs, impl="auto"), lstm(params, xs, impl="scan"), **TOL)
 
 
+def test_the_build_cache_key_covers_every_included_header_and_the_cpu(monkeypatch):
+    import re
+
+    included = set(re.findall(r'#include "([^"/]+)"', cpu_build.SOURCE.read_text()))
+    for header in cpu_build.HEADERS:
+        included |= set(re.findall(r'#include "([^"/]+)"', cpu_build.SOURCE.with_name(header).read_text()))
+    assert included == set(cpu_build.HEADERS)  # a new local header must join the key (and package-data)
+    key = cpu_build._key("g++")
+    monkeypatch.setattr(cpu_build, "_cpu", lambda: "model name=another CPU\nflags=sse2")
+    assert cpu_build._key("g++") != key  # a -march=native build is never loaded on another CPU
+    monkeypatch.setattr(cpu_build, "_sources", lambda: ["// edited", *cpu_build.HEADERS])
+    assert cpu_build._key("g++") not in (key, cpu_build._key("clang++"))
+
+
 def test_a_failed_compile_reports_the_compiler_output(monkeypatch, tmp_path):
     monkeypatch.setenv("LSTM_JAX_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that exits 1

@@ -4,8 +4,9 @@ The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped 
 with its own GEMM (no BLAS library) and OpenMP. It is compiled with the system ``g++`` (or
 ``$CXX``) the first time it is needed -- or ahead of time with
 ``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
-folder keyed by the source, the flags, jaxlib's version and the compiler
-(``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``), and loaded with ``ctypes``. Compiling at
+folder keyed by the sources (``csrc/*.cc`` and ``*.h``), the flags, jaxlib's version, the compiler
+and this CPU (its model and instruction-set flags: a shared home folder on a cluster of mixed
+machines never loads a build for another CPU) (``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``), and loaded with ``ctypes``. Compiling at
 first use rather than at ``pip install`` time keeps the package a pure-Python wheel that installs
 without a compiler and without jaxlib in the build environment; the compiled library is reused
 across processes.
@@ -21,6 +22,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,7 @@ import jax
 __all__ = ["KernelStatus", "SOURCE", "TARGETS", "build", "status"]
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
+HEADERS = ("fast_math.h", "packed_gemm.h")  # next to SOURCE, included by it
 # FFI target name -> exported handler symbol
 TARGETS = {
     "lstm_jax_cpu_forward": "LstmCpuForward",
@@ -58,12 +61,39 @@ def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
+def _cpu() -> str:
+    """This CPU as ``-march=native`` sees it: the model name and feature flags of
+    ``/proc/cpuinfo`` (first processor) where there is one, else the machine type."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    keep = ("model name", "flags", "features", "cpu part", "isa")
+    seen = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in keep and key not in seen:
+            seen[key] = value.strip()
+    return "\n".join(f"{k}={v}" for k, v in sorted(seen.items())) or platform.machine()
+
+
+def _sources() -> list:
+    return [SOURCE.read_text(), *(SOURCE.with_name(h).read_text() for h in HEADERS)]
+
+
 def _command(cxx: str, out: Path) -> list:
     return [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
 
 
+def _key(cxx: str) -> str:
+    """The cache folder of a build: a hash of everything the compiled library depends on."""
+    parts = [*_sources(), *FLAGS, importlib.metadata.version("jaxlib"), cxx, _cpu()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 def build(force: bool = False) -> Path:
-    """Compile the kernel (unless a build for this source, flags, jaxlib and compiler is cached)
+    """Compile the kernel (unless a build for these sources, flags, jaxlib, compiler and CPU is cached)
     and return the shared library's path.
 
     Raises:
@@ -72,17 +102,7 @@ def build(force: bool = False) -> Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError(f"no C++ compiler: {os.environ.get('CXX', 'g++')!r} is not on PATH")
-    key = hashlib.sha256(
-        "\0".join(
-            [
-                SOURCE.read_text(),
-                *FLAGS,
-                importlib.metadata.version("jaxlib"),
-                cxx,
-            ]
-        ).encode()
-    ).hexdigest()[:16]
-    out = _cache_dir() / key / "liblstm_jax_cpu.so"
+    out = _cache_dir() / _key(cxx) / "liblstm_jax_cpu.so"
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

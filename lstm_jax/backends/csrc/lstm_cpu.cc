@@ -16,6 +16,8 @@
 // vmap_method="broadcast_all": ensemble members), each with its own weights; they run in parallel
 // (OpenMP threads, one member per thread at a time).
 //
+// The fast tanh/sigmoid are in fast_math.h, the packed GEMM micro-kernels in packed_gemm.h.
+//
 // Forward inputs:  xs [..., t, b, d], w_x [..., d, 4h], b [..., 4h], w_h [..., h, 4h],
 //                  h0 [..., b, h], c0 [..., b, h], lengths [..., b] int32, mask [..., b, h]
 // Forward outputs: ys [..., t, b, h], h_T, c_T [..., b, h]
@@ -27,7 +29,6 @@
 //                  dh0, dc0 [..., b, h]
 
 #include <omp.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
@@ -37,128 +38,19 @@
 #include <memory>
 #include <vector>
 
+#include "fast_math.h"
+#include "packed_gemm.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using namespace lstm_jax_cpu;  // NOLINT: the kernel's own headers
 
 namespace {
-
-// tanh as a clamped rational function x P(x^2) / Q(x^2) (the minimax form XLA and Eigen use; max
-// abs error 4e-7 against double tanh over the floats): branch-free, so each gate loop vectorises
-// without a call to a vector math library.
-inline float tanh_f(float x) {
-  constexpr float kClamp = 7.90531110763549805f;  // beyond it tanh rounds to +-1 in float
-  x = std::min(kClamp, std::max(-kClamp, x));
-  const float x2 = x * x;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 - 8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return x * p / q;
-}
-
-inline float sigmoid(float x) { return 0.5f * tanh_f(0.5f * x) + 0.5f; }
-
-// ----------------------------------------------------------------------------- packed GEMM
-// One vector register of floats: 16 with AVX-512 (32 registers), else 8 (AVX2: 16 ymm registers;
-// elsewhere the compiler splits it). Rows per micro-kernel call are chosen so that the
-// accumulators, one panel row and a broadcast fit in the register file (no spills).
-#ifdef __AVX512F__
-constexpr int VL = 16;
-constexpr int FW_MR = 6;   // 6 rows x 4 vectors = 24 accumulators (of 32 registers)
-constexpr int BW_MR = 12;  // 12 rows x 2 vectors
-#else
-constexpr int VL = 8;
-constexpr int FW_MR = 6;  // 6 rows x 2 vectors = 12 accumulators, + 2 panel + 1 broadcast (of 16)
-constexpr int BW_MR = 6;
-#endif
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
-
-struct Aligned {  // 64-byte aligned float buffer
-  float* p = nullptr;
-  explicit Aligned(size_t n) {
-    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
-    std::memset(p, 0, bytes > 0 ? bytes : 64);
-  }
-  ~Aligned() { std::free(p); }
-  Aligned(const Aligned&) = delete;
-  Aligned& operator=(const Aligned&) = delete;
-};
-
-// Ask for transparent huge pages on a large output buffer before the kernel first writes it: XLA
-// allocates fresh (untouched) memory for big outputs on each call, and faulting it in 4 KiB pages
-// costs more than the recurrence writing it (measured: 35k page faults, 50 ms per call at
-// t=256, b=64, h=256). Advice only: where THP is off this does nothing.
-inline void advise_huge(void* p, size_t bytes) {
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < 2 * kHuge) return;
-  uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-}
-
-// acc[r][v] += sum_k A[r * lda + k] * P[k * NV * VL + v * VL : ...] for r < MR, k < K.
-template <int NV, int MR>
-__attribute__((always_inline)) inline void accumulate(vf (&acc)[MR][NV], const float* A, int64_t lda, const float* P,
-                                                      int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
-    const vf* p = reinterpret_cast<const vf*>(P + k * NV * VL);
-    vf b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = p[v];
-    for (int r = 0; r < MR; ++r) {
-      const float a = A[r * lda + k];
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
-    }
-  }
-}
-
-// out[r * ldo + 0 : NV * VL] (+)= A1[r, :K1] P[:K1] + A2[r, :K2] P[K1:K1 + K2] for r < MR, where P
-// is a packed panel [K1 + K2][NV * VL]: one GEMM over two operands side by side ([x_t | h] W in
-// the forward pass, with K2 = 0 elsewhere); with add, onto what out holds (a GEMM split along K).
-template <int NV, int MR>
-inline void micro(const float* A1, int64_t lda1, int64_t K1, const float* A2, int64_t lda2, int64_t K2,
-                  const float* P, float* out, int64_t ldo, bool add) {
-  vf acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) {
-      acc[r][v] = vf{};
-      if (add) std::memcpy(&acc[r][v], out + r * ldo + v * VL, sizeof(vf));
-    }
-  accumulate<NV, MR>(acc, A1, lda1, P, K1);
-  accumulate<NV, MR>(acc, A2, lda2, P + K1 * NV * VL, K2);
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) std::memcpy(out + r * ldo + v * VL, &acc[r][v], sizeof(vf));
-}
-
-// micro<NV, mr> for a run-time mr in [1, MR].
-template <int NV, int MR>
-inline void micro_rows(int mr, const float* A1, int64_t lda1, int64_t K1, const float* A2, int64_t lda2, int64_t K2,
-                       const float* P, float* out, int64_t ldo, bool add = false) {
-  if (mr == MR) {
-    micro<NV, MR>(A1, lda1, K1, A2, lda2, K2, P, out, ldo, add);
-  } else if constexpr (MR > 1) {
-    micro_rows<NV, MR - 1>(mr, A1, lda1, K1, A2, lda2, K2, P, out, ldo, add);
-  }
-}
-
-// Rows per micro-kernel call for b rows and at most mr: the fewest calls, their rows as even as can
-// be (b = 8, mr = 6: 4 + 4 rather than 6 + 2, whose 2-row call cannot hide the FMA latency).
-inline int64_t even_rows(int64_t b, int64_t mr) {
-  const int64_t calls = (b + mr - 1) / mr;
-  return calls > 0 ? (b + calls - 1) / calls : mr;
-}
 
 // Worth splitting one step of b rows x k inputs over threads: 2^20 multiply-adds or more (measured
 // on 2 cores; below it a thread that loses its core for a moment stalls every per-step barrier).
 inline bool threaded(int64_t b, int64_t k, int64_t h) { return b * k * 4 * h >= (int64_t{1} << 20); }
+
 struct Dims {
   int64_t members, t, b, d, h;
 };
