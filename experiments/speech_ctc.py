@@ -198,6 +198,7 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_samples(out / "samples.txt", texts["test"], decoded["test"], args.samples)
+    save_posteriors(out / "posteriors.npz", decoded, texts, vocab, train.texts)
     pick = int(np.argsort(data["test"].seconds)[len(data["test"].seconds) // 2])
     results.finish(
         res,
@@ -226,6 +227,19 @@ def write_samples(path, refs, decoded, n):
             "",
         ]
     results.write_text(path, "\n".join(lines) + "\n")
+
+
+def save_posteriors(path, decoded, texts, vocab, lm_texts):
+    """Dev and test CTC log-posteriors (concatenated frames + per-utterance lengths), their
+    references, the vocabulary and the LM's training transcripts: enough to retune or swap the
+    decoder without retraining."""
+    arrays = {"vocab": np.array(vocab.chars), "lm_texts": np.array(lm_texts)}
+    for split in ("dev", "test"):
+        lps = decoded[split]["log_probs"]
+        arrays[f"{split}_log_probs"] = np.concatenate(lps).astype(np.float32)
+        arrays[f"{split}_lengths"] = np.array([len(lp) for lp in lps], np.int32)
+        arrays[f"{split}_refs"] = np.array(texts[split])
+    np.savez_compressed(path, **arrays)
 
 
 def plot(logmel, decoded, i, ref, vocab, path):

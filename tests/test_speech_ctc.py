@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lstm_jax.datasets import DatasetError
+from lstm_jax.speech import metrics as M
 from lstm_jax.speech.ctc import ctc_loss
 from lstm_jax.speech.model import AcousticConfig, acoustic_logits, init_acoustic_model, make_ctc_loss
 from lstm_jax.tasks import cli, fillets, results
@@ -235,6 +236,16 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
     assert (out / "speech_ctc.png").stat().st_size > 0 and (out / "checkpoint").is_dir()
     assert "ref:" in (out / "samples.txt").read_text(encoding="utf-8")
     json.dumps(data)
+    # the saved posteriors decode (best path, collapsed) to the greedy CER the run reported
+    post = np.load(out / "posteriors.npz")
+    chars = list(post["vocab"])
+    bounds = np.cumsum([0, *post["test_lengths"]])
+    hyps = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        best = post["test_log_probs"][a:b].argmax(-1)
+        hyps.append("".join(chars[k - 1] for j, k in enumerate(best) if k and (j == 0 or k != best[j - 1])))
+    assert len(post["test_refs"]) == len(post["test_lengths"]) == 4
+    assert M.cer(list(post["test_refs"]), hyps) == pytest.approx(rows[("greedy", "cer", "test")])
 
 
 def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):
