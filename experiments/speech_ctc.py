@@ -58,8 +58,8 @@ def parse(argv):
         "--max-train-seconds", type=float, default=15.0, help="longer utterances are not trained on (still evaluated)"
     )
     p.add_argument("--eval-every", type=int, default=700, help="updates between dev greedy CER checks")
-    p.add_argument("--beam", type=int, default=8)
-    p.add_argument("--lm-order", type=int, default=4)
+    p.add_argument("--beam", type=int, default=16, help="prefixes kept per frame")
+    p.add_argument("--lm-order", type=int, default=5, help="character n-gram order")
     p.add_argument("--lm-weights", type=_floats, default=[0.3, 0.6, 0.9], help="comma-separated grid, tuned on dev")
     p.add_argument("--bonuses", type=_floats, default=[0.5, 1.5], help="insertion bonus grid, tuned on dev")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split of groups (levels)")

@@ -228,7 +228,8 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
     assert data["config"]["normalisation"] == S.NORMALISATION
     assert data["config"]["n_utterances"] == {"train": 8, "dev": 4, "test": 4}
     rows = {(r["model"], r["metric"], r["split"]): r["value"] for r in data["results"]}
-    for model in ("empty", "spaces", "median_sentence", "greedy", "beam", "beam_lm4"):
+    lm_model = f"beam_lm{data['config']['lm_order']}"
+    for model in ("empty", "spaces", "median_sentence", "greedy", "beam", lm_model):
         for split in ("val", "test"):
             assert 0.0 <= rows[(model, "cer", split)] and 0.0 <= rows[(model, "wer", split)]
     assert rows[("empty", "cer", "test")] == 1.0 and ("greedy", "cer", "train") in rows
