@@ -179,7 +179,7 @@ def test_beam_search_with_an_lm_prefers_the_lm_word_when_acoustics_are_ambiguous
 
 # --------------------------------------------------------------------------- LM
 def test_char_lm_witten_bell_hand_counts_and_normalisation():
-    lm = CharNgramLM.train(["ab", "ac"], order=2)
+    lm = CharNgramLM.train(["ab", "ac"], order=2, smoothing="witten_bell")
     symbols = lm.symbols  # a, b, c, EOS
     uniform = 1 / 4
     # unigram: counts a2 b1 c1 EOS2 over 6 tokens, 4 types
@@ -196,6 +196,40 @@ def test_char_lm_witten_bell_hand_counts_and_normalisation():
     for hist in ("", "a", "b", "zz"):
         assert sum(math.exp(lm.log_prob(hist, c)) for c in symbols) == pytest.approx(1.0)
     assert lm.score("ab") == pytest.approx(lm.log_prob("", "a") + lm.log_prob("a", "b") + lm.log_prob("ab", EOS))
+
+
+def test_char_lm_kneser_ney_hand_counts_and_normalisation():
+    lm = CharNgramLM.train(["ab", "ac", "bb"], order=2)  # modified Kneser-Ney is the default
+    # continuation counts of the unigram level (distinct left neighbours, BOS included):
+    # a 1 (BOS), b 3 (BOS, a, b), c 1 (a), EOS 2 (b, c); counts of counts n1=2 n2=1 n3=1 n4=0
+    y = 2 / (2 + 2 * 1)
+    d1, d2, d3 = 1 - 2 * y * 1 / 2, 2 - 3 * y * 1 / 1, min(3 - 4 * y * 0 / 1, 3)
+    freed = d1 + d3 + d1 + d2  # a, b, c, EOS
+    uni = {"a": 1 - d1, "b": 3 - d3, "c": 1 - d1, EOS: 2 - d2}
+    uni = {k: (v + freed / 4) / 7 for k, v in uni.items()}
+    for ch, p in uni.items():  # after an unseen character: the unigram level
+        assert math.exp(lm.log_prob("z", ch)) == pytest.approx(p)
+    # bigram raw counts: BOS a2 b1 | a: b1 c1 | b: EOS2 b1 | c: EOS1 -> n1=5, n2=2, n3=0
+    y = 5 / (5 + 2 * 2)
+    e1, e2 = 1 - 2 * y * 2 / 5, min(2 - 3 * y * 0 / 2, 2)
+    assert math.exp(lm.log_prob("a", "b")) == pytest.approx((1 - e1 + 2 * e1 * uni["b"]) / 2)
+    assert math.exp(lm.log_prob("b", EOS)) == pytest.approx((2 - e2 + (e2 + e1) * uni[EOS]) / 3)
+    assert math.exp(lm.log_prob("c", "a")) == pytest.approx(e1 * uni["a"] / 1)
+    assert math.exp(lm.log_prob("", "a")) == pytest.approx((2 - e2 + (e2 + e1) * uni["a"]) / 3)  # after BOS
+    for hist in ("", "a", "b", "c", "zz"):
+        assert sum(math.exp(lm.log_prob(hist, c)) for c in lm.symbols) == pytest.approx(1.0)
+
+
+def test_kneser_ney_backs_off_to_how_many_contexts_a_character_follows_not_how_often():
+    # "z" is frequent but only ever after "q"; "y" is rarer but follows many characters
+    text = ["qz"] * 20 + ["ay", "by", "cy", "dy", "ey"]
+    kn, wb = CharNgramLM.train(text, order=2), CharNgramLM.train(text, order=2, smoothing="witten_bell")
+    # after a character never seen before a letter (EOS's context is "y" only in training),
+    # the back-off decides: Kneser-Ney ranks y above z, Witten-Bell (raw unigram counts) z above y
+    assert kn.log_prob("y", "y") > kn.log_prob("y", "z")
+    assert wb.log_prob("y", "z") > wb.log_prob("y", "y")
+    with pytest.raises(ValueError, match="expected smoothing in"):
+        CharNgramLM.train(text, order=2, smoothing="good_turing")
 
 
 # --------------------------------------------------------------------------- metrics
