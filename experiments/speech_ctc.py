@@ -23,7 +23,7 @@ import numpy as np
 from lstm_jax.datasets import DatasetError
 from lstm_jax.speech import features as F
 from lstm_jax.speech import metrics as M
-from lstm_jax.speech.lm import CharNgramLM
+from lstm_jax.speech.lm import SMOOTHING, CharNgramLM
 from lstm_jax.speech.model import AcousticConfig, init_acoustic_model, output_lengths
 from lstm_jax.tasks import cli, fillets, results, seqmodel
 from lstm_jax.tasks import speech as S
@@ -60,8 +60,9 @@ def parse(argv):
     p.add_argument("--eval-every", type=int, default=700, help="updates between dev greedy CER checks")
     p.add_argument("--beam", type=int, default=16, help="prefixes kept per frame")
     p.add_argument("--lm-order", type=int, default=5, help="character n-gram order")
+    p.add_argument("--lm-smoothing", choices=SMOOTHING, default="kneser_ney", help="n-gram smoothing")
     p.add_argument("--lm-weights", type=_floats, default=[0.3, 0.6, 0.9], help="comma-separated grid, tuned on dev")
-    p.add_argument("--bonuses", type=_floats, default=[0.5, 1.5], help="insertion bonus grid, tuned on dev")
+    p.add_argument("--bonuses", type=_floats, default=[0.5, 1.0, 1.5, 2.0], help="insertion bonus grid, tuned on dev")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split of groups (levels)")
     p.add_argument("--samples", type=int, default=25, help="test utterances written to samples.txt")
     args = p.parse_args(argv)
@@ -178,12 +179,12 @@ def run(args):
         res.add(name, "greedy", "wer", tag, M.wer(d.texts, decoded[split]["greedy"]))
 
     # ---- prefix beam search, without and with the character LM (weights tuned on dev)
-    lm = CharNgramLM.train(train.texts, order=args.lm_order)
+    lm = CharNgramLM.train(train.texts, order=args.lm_order, smoothing=args.lm_smoothing)
     best, grid = ST.tune_lm(
         decoded["dev"]["log_probs"], texts["dev"], vocab, lm, args.lm_weights, args.bonuses, beam=args.beam
     )
     res.extra["lm_grid_dev"] = grid
-    res.extra["lm"] = {"order": args.lm_order, **best}
+    res.extra["lm"] = {"order": args.lm_order, "smoothing": args.lm_smoothing, **best}
     for split, tag in (("dev", "val"), ("test", "test")):
         lps = decoded[split]["log_probs"]
         decoded[split]["beam"] = ST.beam_texts(lps, vocab, beam=args.beam)
