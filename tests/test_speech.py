@@ -224,8 +224,8 @@ def test_kneser_ney_backs_off_to_how_many_contexts_a_character_follows_not_how_o
     # "z" is frequent but only ever after "q"; "y" is rarer but follows many characters
     text = ["qz"] * 20 + ["ay", "by", "cy", "dy", "ey"]
     kn, wb = CharNgramLM.train(text, order=2), CharNgramLM.train(text, order=2, smoothing="witten_bell")
-    # after a character never seen before a letter (EOS's context is "y" only in training),
-    # the back-off decides: Kneser-Ney ranks y above z, Witten-Bell (raw unigram counts) z above y
+    # after "y" (only ever followed by the end of sentence in training) both letters come from
+    # the back-off: Kneser-Ney ranks y above z, Witten-Bell (raw unigram counts) z above y
     assert kn.log_prob("y", "y") > kn.log_prob("y", "z")
     assert wb.log_prob("y", "z") > wb.log_prob("y", "y")
     with pytest.raises(ValueError, match="expected smoothing in"):

@@ -4,9 +4,10 @@ The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped 
 with its own GEMM (no BLAS library) and OpenMP. It is compiled with the system ``g++`` (or
 ``$CXX``) the first time it is needed -- or ahead of time with
 ``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
-folder keyed by the sources (``csrc/*.cc`` and ``*.h``), the flags, jaxlib's version, the compiler
-and this CPU (its model and instruction-set flags: a shared home folder on a cluster of mixed
-machines never loads a build for another CPU) (``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``), and loaded with ``ctypes``. Compiling at
+folder (``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``) keyed by the sources (``csrc/*.cc``
+and ``*.h``), the flags, jaxlib's version, the compiler and this CPU's model and instruction-set
+flags (so a home folder shared by different machines never loads a build made for another
+CPU), and loaded with ``ctypes``. Compiling at
 first use rather than at ``pip install`` time keeps the package a pure-Python wheel that installs
 without a compiler and without jaxlib in the build environment; the compiled library is reused
 across processes.
@@ -32,7 +33,7 @@ from typing import NamedTuple, Optional
 
 import jax
 
-__all__ = ["KernelStatus", "SOURCE", "TARGETS", "build", "status"]
+__all__ = ["HEADERS", "KernelStatus", "SOURCE", "TARGETS", "build", "status"]
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
 HEADERS = ("fast_math.h", "packed_gemm.h")  # next to SOURCE, included by it
