@@ -47,6 +47,11 @@ class CharNgramLM:
         if smoothing == "kneser_ney":
             self._kn_counts = _continuation_counts(counts, order)
             self._discounts = _discounts(self._kn_counts, order)
+            # per history: (N(h), the mass its discounts free), shared by every next character
+            self._kn_mass = {
+                h: (sum(c.values()), sum(self._discounts[len(h)][min(n, 3) - 1] for n in c.values()))
+                for h, c in self._kn_counts.items()
+            }
 
     @classmethod
     def train(cls, sentences: Iterable[str], order: int = 4, smoothing: str = "kneser_ney") -> CharNgramLM:
@@ -68,23 +73,16 @@ class CharNgramLM:
         if key in self._cache:
             return self._cache[key]
         lower = self._prob(history[1:], char) if history else 1.0 / len(self.symbols)
-        if self.smoothing == "witten_bell":
-            seen = self.counts.get(history)
-            if seen:
-                total, types = sum(seen.values()), len(seen)
-                p = (seen.get(char, 0) + types * lower) / (total + types)
-            else:
-                p = lower
+        seen = (self.counts if self.smoothing == "witten_bell" else self._kn_counts).get(history)
+        if not seen:
+            p = lower
+        elif self.smoothing == "witten_bell":
+            total, types = sum(seen.values()), len(seen)
+            p = (seen.get(char, 0) + types * lower) / (total + types)
         else:
-            seen = self._kn_counts.get(history)
-            if seen:
-                d = self._discounts[len(history)]
-                total = sum(seen.values())
-                freed = sum(d[min(n, 3) - 1] for n in seen.values())
-                n = seen.get(char, 0)
-                p = ((n - d[min(n, 3) - 1] if n else 0.0) + freed * lower) / total
-            else:
-                p = lower
+            total, freed = self._kn_mass[history]
+            n, d = seen.get(char, 0), self._discounts[len(history)]
+            p = ((n - d[min(n, 3) - 1] if n else 0.0) + freed * lower) / total
         self._cache[key] = p
         return p
 
