@@ -37,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import lstm_jax  # noqa: E402
 from lstm_jax import backends  # noqa: E402
+from lstm_jax.tasks import hugepages  # noqa: E402
 
 CONFIGS = {  # B, T, D, H, layers
     "small": (16, 128, 16, 64, 1),
@@ -165,6 +166,7 @@ def main(argv=None) -> dict:
     jit = partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0}) if args.quick else jax.jit
     machine = {
         "cores": os.cpu_count(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "cpu": cpu_name(),
         "torch_threads": args.torch_threads,
         "jax": jax.__version__,
@@ -192,4 +194,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    hugepages.reexec()  # the same numbers as the experiment scripts see: malloc on huge pages
     main()

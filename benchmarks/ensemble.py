@@ -29,6 +29,7 @@ import numpy as np
 import lstm_jax
 from lstm_jax import losses
 from lstm_jax.data import prepare_windows
+from lstm_jax.tasks import hugepages
 from lstm_jax.train import TrainConfig, make_train
 
 
@@ -125,6 +126,7 @@ def run(
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
@@ -183,4 +185,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    hugepages.reexec()  # the same numbers as the experiment scripts see: malloc on huge pages
     raise SystemExit(main())

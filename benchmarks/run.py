@@ -40,6 +40,8 @@ import bench_peers  # noqa: E402
 import bench_report  # noqa: E402
 import jax  # noqa: E402
 
+from lstm_jax.tasks import hugepages  # noqa: E402
+
 PEERS = ("torch", "flax_linen", "flax_nnx", "equinox", "ours", "ours_fused")
 
 DEFAULT = dict(
@@ -96,6 +98,7 @@ def _machine(torch_threads: int) -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
@@ -284,4 +287,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    hugepages.reexec()  # the same numbers as the experiment scripts see: malloc on huge pages
     main()
