@@ -2,6 +2,8 @@
 states and gradients, fuzzed over shapes and lengths; vmap; the inference path; and what happens
 where the kernel cannot be built."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +102,37 @@ def test_dropout_masks_are_those_of_scan():
     (_, out), g = _loss_and_grads("cpu_kernel", params, xs, state, cts, kwargs)
     _close(out, out_ref, **TOL)
     _close(g, g_ref, **TOL)
+
+
+def test_the_raw_kernel_is_right_for_rows_in_any_order():
+    """The Python side sorts rows longest first; the kernel itself (which skips each step's rows
+    past the last live one) must be right for unsorted rows too: values and gradients vs scan."""
+    assert cpu_build.status().ok  # loads the kernel and registers its FFI targets
+    lengths = [2, 7, 1, 7, 4, 5, 1]
+    params, xs, state, lengths, cts = _problem(7, 7, 3, 6, 1, False, lengths, seed=4)
+    xs = jnp.where(jnp.isnan(xs), 0.0, xs)
+    p = params.layers[0][0]
+    mask = jnp.ones((7, 6), jnp.float32)
+
+    def kernel(p, x, h0, c0):
+        ys, h, c = cpu_kernel._core(False, p.w_x, p.w_h, p.b, x.transpose(1, 0, 2), h0, c0, lengths, mask)
+        return ys.transpose(1, 0, 2), h, c
+
+    def scan(p, x, h0, c0):
+        s = LSTMCarry(h0[:, None, None], c0[:, None, None])
+        ys, final = backends.run(
+            "scan", params._replace(layers=((p,),)), x, LayerCall(initial_state=s, lengths=lengths)
+        )
+        return ys, final.h[:, 0, 0], final.c[:, 0, 0]
+
+    def loss(fn, *args):
+        ys, h, c = fn(*args)
+        return jnp.sum(ys * cts[0]) + jnp.sum(h * cts[1][0, :, 0, 0]) + jnp.sum(c * cts[1][1, :, 0, 0])
+
+    args = (p, xs, state.h[:, 0, 0], state.c[:, 0, 0])
+    _close(kernel(*args), scan(*args), **TOL)
+    grads = [jax.grad(partial(loss, fn), argnums=(0, 1, 2, 3))(*args) for fn in (kernel, scan)]
+    _close(*grads, **TOL)
 
 
 def test_inference_path_and_public_entry_point():

@@ -9,7 +9,9 @@ Per layer and direction (time-major ``[t, b, .]`` inside):
    register's width of hidden units x 4 gates) with ``+ b``, the gate nonlinearities and the state
    update applied to each panel's block of the product while it is in cache (panels split across
    OpenMP threads within a step when the step is large enough); lengths are masked inside (frozen
-   carry, zero outputs);
+   carry, zero outputs), and with lengths the rows are sorted longest first on the way in (and
+   back on the way out), so each step's GEMM runs over the rows still inside their sequences only:
+   a padded batch pays for its valid steps, as a packed one would;
 2. under a ``jax.custom_vjp`` the training forward also stores the gate activations and cell
    states; the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
    packed panels of ``W_h^T``, split along ``4h`` in chunks that stay in L1, each panel's block
@@ -166,6 +168,26 @@ _core.defvjp(_core_fwd, _core_bwd)
 
 
 # --------------------------------------------------------------------------- one layer, the network
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _take_rows(order, inv, a, axis: int):
+    """``a`` with its rows (along ``axis``) in ``order``; ``inv`` is the inverse permutation. Its
+    VJP is the inverse gather (the transpose of a permutation), not the scatter-add autodiff of
+    ``jnp.take`` would run."""
+    return jnp.take(a, order, axis=axis)
+
+
+def _take_rows_fwd(order, inv, a, axis):
+    return jnp.take(a, order, axis=axis), (order, inv)
+
+
+def _take_rows_bwd(axis, res, g):
+    order, inv = res
+    return None, None, jnp.take(g, inv, axis=axis)
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
 def _layer(p: LSTMParams, h0, c0, xs, lengths, reverse: bool, rmask, bf16: bool = False):
     """One layer and direction over ``xs: [t, b, d_in]``: ``((h_T, c_T): [b, d_h], ys: [t, b, d_h])``;
     ``bf16``: the mixed-precision path of ``compute_dtype=bfloat16`` (module docstring)."""
@@ -177,9 +199,18 @@ def _layer(p: LSTMParams, h0, c0, xs, lengths, reverse: bool, rmask, bf16: bool 
     w_x, w_h, bias = p.w_x, p.w_h, p.b
     if bf16:
         xs, w_x, w_h, bias = (_round_bf16(a) for a in (xs, w_x, w_h, bias))
-    lens = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
     mask = jnp.ones((b, d_h), jnp.float32) if rmask is None else jax.lax.stop_gradient(rmask.astype(jnp.float32))
-    ys, h, c = _core(bf16, w_x, w_h, bias, xs, h0.astype(jnp.float32), c0.astype(jnp.float32), lens, mask)
+    h0, c0 = h0.astype(jnp.float32), c0.astype(jnp.float32)
+    if lengths is None:
+        ys, h, c = _core(bf16, w_x, w_h, bias, xs, h0, c0, jnp.full((b,), t, jnp.int32), mask)
+    else:  # rows longest first: the kernel's per-step GEMMs skip the rows past the last live one
+        lens = lengths.astype(jnp.int32)
+        order = jnp.argsort(-lens, stable=True)
+        inv = jnp.argsort(order)
+        rows = partial(_take_rows, order, inv)
+        ys, h, c = _core(bf16, w_x, w_h, bias, rows(xs, 1), rows(h0, 0), rows(c0, 0), lens[order], mask[order])
+        back = partial(_take_rows, inv, order)
+        ys, h, c = back(ys, 1), back(h, 0), back(c, 0)
     if reverse:
         ys = permute_valid_prefix(ys, lengths)
     return (h, c), ys

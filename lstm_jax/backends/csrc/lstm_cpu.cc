@@ -76,6 +76,16 @@ ffi::Error get_dims(const ffi::Buffer<ffi::F32>& xs, const ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
+// Per step t, the rows [0, live[t]) that hold every row still inside its sequence (1 + the last
+// row b with t < lengths[b]; 0 when none is): the per-step GEMMs run over those rows only, so a
+// batch sorted longest first (the Python side sorts it) pays for its valid steps, not its padding.
+std::vector<int64_t> live_rows(const Dims& d, const int32_t* lengths) {
+  std::vector<int64_t> live(d.t, 0);
+  for (int64_t b = 0; b < d.b; ++b)
+    for (int64_t t = 0; t < std::min<int64_t>(lengths[b], d.t); ++t) live[t] = b + 1;
+  return live;
+}
+
 // ----------------------------------------------------------------------------- forward
 // A panel holds VL hidden units x 4 gates (4 vectors), in FW_SUBS sub-panels of FW_NV vectors: the
 // micro-kernel runs one sub-panel at a time, so its accumulators fit the register file.
@@ -170,14 +180,13 @@ inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t 
 // (sub-panel by sub-panel, each sub-panel staying in L1 across the rows), then the gate update.
 template <bool kStore>
 void forward_one(const Dims& d, const ForwardArgs& a) {
-  const int64_t B = d.b, D = d.d, H = d.h, K = D + H, P = (H + FW_U - 1) / FW_U, fw_rows = even_rows(B, FW_MR);
+  const int64_t B = d.b, D = d.d, H = d.h, K = D + H, P = (H + FW_U - 1) / FW_U;
   Aligned packed(P * K * FW_W), hm0(B * H), hm1(B * H);
   pack_forward(a.w_x, a.w_h, D, H, packed.p);
   std::copy(a.h0, a.h0 + B * H, a.h_out);
   std::copy(a.c0, a.c0 + B * H, a.c_out);
   for (int64_t k = 0; k < B * H; ++k) hm0.p[k] = a.h_out[k] * a.mask[k];
-  int32_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, a.lengths[b]);
+  const std::vector<int64_t> live = live_rows(d, a.lengths);
 #pragma omp parallel if (threaded(B, K, H))
   {
     Aligned prod(B * FW_W);  // this thread's product block of one panel, all rows
@@ -188,11 +197,12 @@ void forward_one(const Dims& d, const ForwardArgs& a) {
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < P; ++p) {
         const int64_t j0 = p * FW_U, jn = std::min<int64_t>(FW_U, H - j0);
-        if (t < longest) {
+        const int64_t rows = live[t], step_rows = even_rows(rows, FW_MR);  // rows past live[t] are frozen
+        if (rows > 0) {
           for (int s = 0; s < FW_SUBS; ++s) {
             const float* panel = packed.p + (p * FW_SUBS + s) * K * FW_NV * VL;
-            for (int64_t r0 = 0; r0 < B; r0 += fw_rows) {
-              const int mr = static_cast<int>(std::min<int64_t>(fw_rows, B - r0));
+            for (int64_t r0 = 0; r0 < rows; r0 += step_rows) {
+              const int mr = static_cast<int>(std::min<int64_t>(step_rows, rows - r0));
               micro_rows<FW_NV, FW_MR>(mr, x_t + r0 * D, D, D, cur + r0 * H, H, H, panel,
                                        prod.p + r0 * FW_W + s * FW_NV * VL, FW_W);
             }
@@ -273,12 +283,13 @@ inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t 
 void backward_one(const Dims& d, const float* w_h, const float* acts, const float* cs, const float* c0,
                   const int32_t* lengths, const float* mask, const float* dys, const float* dh_T, const float* dc_T,
                   float* dz, float* dh, float* dc) {
-  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + BW_U - 1) / BW_U, bw_rows = even_rows(B, BW_MR);
+  const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + BW_U - 1) / BW_U;
   Aligned packed(P * G * BW_U);
   pack_backward(w_h, H, packed.p);
   std::copy(dh_T, dh_T + B * H, dh);
   std::copy(dc_T, dc_T + B * H, dc);
   if (d.t == 0) return;
+  const std::vector<int64_t> live = live_rows(d, lengths);
 #pragma omp parallel if (threaded(B, H, H))
   {
     Aligned prod(B * BW_U);  // this thread's block of dz_t W_h^T for one panel, all rows
@@ -296,10 +307,11 @@ void backward_one(const Dims& d, const float* w_h, const float* acts, const floa
       for (int64_t p = 0; p < P; ++p) {
         const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
         const float* panel = packed.p + p * G * BW_U;
+        const int64_t rows = live[t], step_rows = even_rows(rows, BW_MR);  // dz_t is zero past live[t]
         for (int64_t g0 = 0; g0 < G; g0 += BW_KC) {
           const int64_t kc = std::min<int64_t>(BW_KC, G - g0);
-          for (int64_t r0 = 0; r0 < B; r0 += bw_rows) {
-            const int mr = static_cast<int>(std::min<int64_t>(bw_rows, B - r0));
+          for (int64_t r0 = 0; r0 < rows; r0 += step_rows) {
+            const int mr = static_cast<int>(std::min<int64_t>(step_rows, rows - r0));
             micro_rows<BW_NV, BW_MR>(mr, dz_t + r0 * G + g0, G, kc, nullptr, 0, 0, panel + g0 * BW_U,
                                      prod.p + r0 * BW_U, BW_U, g0 > 0);
           }
