@@ -14,6 +14,7 @@ Outputs in ``--out``: ``metrics.json`` (CER/WER per decoder and split), ``speech
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,9 +64,14 @@ def parse(argv):
     p.add_argument("--lm-smoothing", choices=SMOOTHING, default="kneser_ney", help="n-gram smoothing")
     p.add_argument("--lm-weights", type=_floats, default=[0.3, 0.6, 0.9], help="comma-separated grid, tuned on dev")
     p.add_argument("--bonuses", type=_floats, default=[0.5, 1.0, 1.5, 2.0], help="insertion bonus grid, tuned on dev")
+    p.add_argument(
+        "--decode-workers", type=int, default=min(os.cpu_count() or 1, 8), help="processes for the beam searches"
+    )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split of groups (levels)")
     p.add_argument("--samples", type=int, default=25, help="test utterances written to samples.txt")
     args = p.parse_args(argv)
+    if args.decode_workers < 1:
+        p.error(f"expected --decode-workers >= 1, got {args.decode_workers}")
     if args.proj and args.cell != "lstm":
         p.error(f"expected --proj 0 with --cell {args.cell} (projection is an LSTMP option), got --proj {args.proj}")
     return args
@@ -82,6 +88,7 @@ def run(args):
     if args.quick:
         args.hidden, args.layers, args.updates, args.buckets, args.eval_every = 16, 1, 6, 1, 3
         args.beam, args.lm_weights, args.bonuses, args.n_mels, args.batch_size = 4, [0.5], [1.0], 40, 8
+        args.decode_workers = 1
     name = Path(args.manifest).stem if args.manifest else f"fillets_{args.language}"
     splits = load_corpus(args)
     if args.quick:  # a slice of each split: the quick run must not wait for a whole corpus
@@ -180,17 +187,20 @@ def run(args):
 
     # ---- prefix beam search, without and with the character LM (weights tuned on dev)
     lm = CharNgramLM.train(train.texts, order=args.lm_order, smoothing=args.lm_smoothing)
-    best, grid = ST.tune_lm(
-        decoded["dev"]["log_probs"], texts["dev"], vocab, lm, args.lm_weights, args.bonuses, beam=args.beam
-    )
+    with ST.Decoder(vocab, lm, workers=args.decode_workers) as decoder:
+        best, grid, dev_lm_texts = ST.tune_lm(
+            decoded["dev"]["log_probs"], texts["dev"], decoder, args.lm_weights, args.bonuses, beam=args.beam
+        )
+        weights = {"lm_weight": best["lm_weight"], "insertion_bonus": best["insertion_bonus"]}
+        for split in ("dev", "test"):
+            lps = decoded[split]["log_probs"]
+            decoded[split]["beam"] = decoder.texts(lps, beam=args.beam)
+            decoded[split]["beam_lm"] = (
+                dev_lm_texts if split == "dev" else decoder.texts(lps, beam=args.beam, **weights)
+            )
     res.extra["lm_grid_dev"] = grid
     res.extra["lm"] = {"order": args.lm_order, "smoothing": args.lm_smoothing, **best}
     for split, tag in (("dev", "val"), ("test", "test")):
-        lps = decoded[split]["log_probs"]
-        decoded[split]["beam"] = ST.beam_texts(lps, vocab, beam=args.beam)
-        decoded[split]["beam_lm"] = ST.beam_texts(
-            lps, vocab, beam=args.beam, lm=lm, lm_weight=best["lm_weight"], insertion_bonus=best["insertion_bonus"]
-        )
         for model in ("beam", f"beam_lm{args.lm_order}"):
             hyps = decoded[split]["beam" if model == "beam" else "beam_lm"]
             res.add(name, model, "cer", tag, M.cer(texts[split], hyps))

@@ -252,3 +252,22 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
 def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):
     code = cli.run_main(_script().main, ["--quick", "--manifest", str(tmp_path / "none.tsv"), "--out", str(tmp_path)])
     assert code == 2 and "expected an existing manifest" in capsys.readouterr().err
+
+
+def test_decoder_processes_give_the_texts_of_the_serial_search():
+    """The beam searches spread over 2 worker processes equal ``beam_texts`` in this process, with and
+    without the LM, in the utterances' order; and a bad worker count is refused."""
+    from lstm_jax.speech.lm import CharNgramLM
+
+    texts = ["ahoj", "ano ne", "nebo", "jo jo", "hej"]
+    vocab = S.Vocab(texts)
+    lm = CharNgramLM.train(texts, order=3)
+    rng = np.random.default_rng(0)
+    lps = [np.asarray(jax.nn.log_softmax(2.0 * rng.normal(size=(n, vocab.size)))) for n in (9, 3, 14, 1, 6, 11, 7)]
+    with ST.Decoder(vocab, lm, workers=2) as dec:
+        for w, b in ((0.0, 0.0), (0.7, 1.0)):
+            want = ST.beam_texts(lps, vocab, beam=4, lm=lm, lm_weight=w, insertion_bonus=b)
+            assert dec.texts(lps, beam=4, lm_weight=w, insertion_bonus=b) == want
+    assert want != ST.beam_texts(lps, vocab, beam=4)  # the LM changed something: the check can fail
+    with pytest.raises(ValueError, match="expected workers a positive int, got 0"):
+        ST.Decoder(vocab, workers=0)

@@ -27,6 +27,7 @@ __all__ = [
     "log_posteriors",
     "make_forward",
     "beam_texts",
+    "Decoder",
     "tune_lm",
     "train_ctc",
 ]
@@ -118,28 +119,86 @@ def beam_texts(
     lm_weight: float = 0.0,
     insertion_bonus: float = 0.0,
 ) -> list[str]:
-    """Prefix beam search of each utterance, optionally with shallow fusion of ``lm``."""
-    return [
-        vocab.decode(
-            ctc.prefix_beam_search(
-                lp, beam=beam, lm=lm, symbols=vocab.symbols, lm_weight=lm_weight, insertion_bonus=insertion_bonus
-            )[0]
-        )
-        for lp in log_probs
-    ]
+    """Prefix beam search of each utterance, optionally with shallow fusion of ``lm`` (in this process)."""
+    return [_beam_text(lp, vocab, beam, lm, lm_weight, insertion_bonus) for lp in log_probs]
 
 
-def tune_lm(log_probs, refs, vocab: Vocab, lm: CharNgramLM, weights, bonuses, *, beam: int = 8) -> tuple[dict, list]:
+def _beam_text(lp, vocab: Vocab, beam: int, lm, lm_weight: float, insertion_bonus: float) -> str:
+    ids, _ = ctc.prefix_beam_search(
+        lp, beam=beam, lm=lm, symbols=vocab.symbols, lm_weight=lm_weight, insertion_bonus=insertion_bonus
+    )
+    return vocab.decode(ids)
+
+
+_WORKER: dict = {}  # a decoding worker's vocabulary and LM, sent once when it starts
+
+
+def _init_worker(vocab: Vocab, lm) -> None:
+    _WORKER.update(vocab=vocab, lm=lm)
+
+
+def _decode_job(job) -> str:
+    lp, beam, lm_weight, insertion_bonus = job
+    return _beam_text(lp, _WORKER["vocab"], beam, _WORKER["lm"], lm_weight, insertion_bonus)
+
+
+class Decoder:
+    """Prefix beam search of many utterances with one vocabulary and LM, spread over ``workers``
+    processes (a context manager; ``workers=1`` decodes in this process). The search is pure
+    Python, one utterance per task; the texts do not depend on ``workers``.
+
+    >>> with Decoder(vocab, lm, workers=2) as dec:  # doctest: +SKIP
+    ...     hyps = dec.texts(log_probs, beam=16, lm_weight=0.6, insertion_bonus=1.0)
+    """
+
+    def __init__(self, vocab: Vocab, lm: Optional[CharNgramLM] = None, *, workers: int = 1):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"expected workers a positive int, got {workers!r}")
+        self.vocab, self.lm, self.workers = vocab, lm, workers
+        self._pool = None
+
+    def __enter__(self) -> Decoder:
+        if self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),  # not fork: this process runs JAX's threads
+                initializer=_init_worker,
+                initargs=(self.vocab, self.lm),
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def texts(self, log_probs, *, beam: int, lm_weight: float = 0.0, insertion_bonus: float = 0.0) -> list[str]:
+        """The best prefix of each ``[t_i, k]`` log-posterior array (the LM fused when ``lm_weight != 0``)."""
+        if self._pool is None:
+            return beam_texts(
+                log_probs, self.vocab, beam=beam, lm=self.lm, lm_weight=lm_weight, insertion_bonus=insertion_bonus
+            )
+        jobs = [(lp, beam, lm_weight, insertion_bonus) for lp in log_probs]
+        return list(self._pool.map(_decode_job, jobs, chunksize=max(1, len(jobs) // (16 * self.workers))))
+
+
+def tune_lm(log_probs, refs, decoder: Decoder, weights, bonuses, *, beam: int = 8) -> tuple[dict, list, list]:
     """The ``(lm_weight, insertion_bonus)`` of the grid with the lowest CER on ``refs`` (dev).
 
-    Returns ``({"lm_weight", "insertion_bonus", "cer"}, every grid point's record)``.
+    Returns ``({"lm_weight", "insertion_bonus", "cer"}, every grid point's record, the best
+    point's texts)``.
     """
-    grid = []
+    grid, texts = [], []
     for w in weights:
         for b in bonuses:
-            hyps = beam_texts(log_probs, vocab, beam=beam, lm=lm, lm_weight=w, insertion_bonus=b)
+            hyps = decoder.texts(log_probs, beam=beam, lm_weight=w, insertion_bonus=b)
             grid.append({"lm_weight": float(w), "insertion_bonus": float(b), "cer": M.cer(refs, hyps)})
-    return min(grid, key=lambda g: g["cer"]), grid
+            texts.append(hyps)
+    i = min(range(len(grid)), key=lambda j: grid[j]["cer"])
+    return grid[i], grid, texts[i]
 
 
 def make_forward(config: AcousticConfig):
