@@ -373,8 +373,8 @@ _BATCHED_DOC = """Run a {kind} network over a batch: ``jax.vmap`` of ``run_stack
       impl: the backend (``lstm_jax.backends``). ``"auto"`` (default): ``backends.choose``, the
         first backend of ``backends.AUTO_ORDER`` for the platform that supports the call and
         whose ``backends.AUTO_WHEN`` rule holds -- on CPU, for plain float32 LSTMs when the
-        C++ kernel is built, ``"cpu_kernel"`` if a layer has ``d_h >= 128`` and ``"cpu_hybrid"``
-        below, else ``"fused"`` for plain LSTMs, else ``"scan"``; forward-mode AD (``jax.jvp``) needs ``impl="scan"``.
+        C++ kernel is built, ``"cpu_kernel"`` if a layer has ``d_h >= 128`` or the CPU has AVX-512
+        and ``"cpu_hybrid"`` otherwise, else ``"fused"`` for plain LSTMs, else ``"scan"``; forward-mode AD (``jax.jvp``) needs ``impl="scan"``.
         ``"scan"``: ``jax.vmap`` of the
         per-example scan, differentiated by autodiff. ``"fused"``: plain LSTMs only, the
         batch-level custom-VJP layer of ``lstm_jax.backends.fused`` (same results, faster

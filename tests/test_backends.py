@@ -41,7 +41,8 @@ def test_registry_lists_reference_and_fused():
     ],
     ids=["plain", "plain_wide", "plain_bf16", "peephole", "proj", "gru"],
 )
-def test_auto_policy_on_cpu(params, expected):
+def test_auto_policy_on_cpu(params, expected, monkeypatch):
+    monkeypatch.setattr(cpu_build, "avx512", lambda: False)  # the AVX2 table; AVX-512 below
     if expected.startswith("cpu_") and not cpu_build.status().ok:
         expected = "fused"  # no kernel on this machine: the next in AUTO_ORDER["cpu"]
     assert backends.choose(params, XS, LayerCall(), platform="cpu") == expected
@@ -49,6 +50,22 @@ def test_auto_policy_on_cpu(params, expected):
     kernel = expected.startswith("cpu_")
     mixed = backends.choose(params, XS, LayerCall(compute_dtype=jnp.bfloat16), platform="cpu")
     assert mixed == ("cpu_kernel" if kernel else "scan")
+
+
+@pytest.mark.skipif(not cpu_build.status().ok, reason="the kernel backends need the C++ kernel built")
+def test_auto_takes_the_kernel_forward_at_small_d_h_on_avx512(monkeypatch):
+    small = init_lstm(KEY, 4, 8)
+    monkeypatch.setattr(cpu_build, "avx512", lambda: True)
+    assert backends.choose(small, XS, LayerCall(), platform="cpu") == "cpu_kernel"
+    monkeypatch.setattr(cpu_build, "avx512", lambda: False)
+    assert backends.choose(small, XS, LayerCall(), platform="cpu") == "cpu_hybrid"
+
+
+def test_avx512_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(cpu_build, "_cpu", lambda: "flags=fpu sse avx2 avx512f avx512bw\nmodel name=X")
+    assert cpu_build.avx512()
+    monkeypatch.setattr(cpu_build, "_cpu", lambda: "flags=fpu sse avx2 avx512_vnni\nmodel name=avx512f")
+    assert not cpu_build.avx512()
 
 
 def test_auto_runs_what_it_chooses():

@@ -128,8 +128,10 @@ register(
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     # CPU (2-core machines, benchmarks/cpu_speed.py): the kernel trains 1.3-2.3x faster than
     # fused/scan; its forward (input projection fused into the recurrent GEMM) beats the XLA scan
-    # at d_h = 256 and ties it at d_h = 64, where cpu_hybrid (scan forward, kernel training) is
-    # picked. cpu_kernel also serves a bfloat16 compute_dtype (mixed precision) at any d_h.
+    # at d_h = 256, and at d_h = 64 too on an AVX-512 CPU (16-float vectors: 1.04 against 1.37 ms
+    # at small, 14.8 against 19.3 at long), while on AVX2 it ties it there, where cpu_hybrid (scan
+    # forward, kernel training) is picked. cpu_kernel also serves a bfloat16 compute_dtype (mixed
+    # precision) at any d_h.
     "cpu": ("cpu_kernel", "cpu_hybrid", "fused", "scan"),
     # GPU: "cudnn" is not first (yet): jax.experimental.rnn copies seq_lengths to the host and
     # synchronises on every call (no CUDA-graph capture) and public reports put it at 27-47 us/step
@@ -145,13 +147,15 @@ def _max_hidden(params) -> int:
 
 
 def _kernel_rule(params, xs, call: LayerCall) -> bool:
+    from lstm_jax.backends import cpu_build
+
     mixed = call.compute_dtype is not None and jnp.dtype(call.compute_dtype) == jnp.dtype(jnp.bfloat16)
-    return mixed or _max_hidden(params) >= 128
+    return mixed or _max_hidden(params) >= 128 or cpu_build.avx512()
 
 
 # Where a backend in AUTO_ORDER is picked only for some shapes: name -> (rule(params, xs, call), why).
 AUTO_WHEN: dict[str, tuple[Callable[..., bool], str]] = {
-    "cpu_kernel": (_kernel_rule, "d_h >= 128 or a bfloat16 compute_dtype (measured faster there)"),
+    "cpu_kernel": (_kernel_rule, "d_h >= 128, an AVX-512 CPU or a bfloat16 compute_dtype (measured faster there)"),
 }
 _AUTO_DEFAULT = ("scan",)
 
@@ -187,8 +191,8 @@ def choose(params, xs, call: LayerCall, platform: Optional[str] = None) -> str:
 
     Today, for plain LSTMs (no peephole, LayerNorm, projection or separate ``compute_dtype``): on
     CPU, for float32 weights when the C++ kernel is built, ``"cpu_kernel"`` when some layer has
-    ``d_h >= 128`` and ``"cpu_hybrid"`` (XLA scan forward, kernel forward + backward when
-    differentiated) below, else ``"fused"``; on GPU and TPU ``"fused"``. A bfloat16
+    ``d_h >= 128`` or the CPU has AVX-512, and ``"cpu_hybrid"`` (XLA scan forward, kernel
+    forward + backward when differentiated) otherwise, else ``"fused"``; on GPU and TPU ``"fused"``. A bfloat16
     ``compute_dtype`` on CPU: ``"cpu_kernel"`` (mixed precision).
     Every other call: ``"scan"``. ``platform`` defaults to
     ``jax.default_backend()``.

@@ -79,6 +79,13 @@ def _cpu() -> str:
     return "\n".join(f"{k}={v}" for k, v in sorted(seen.items())) or platform.machine()
 
 
+def avx512() -> bool:
+    """Whether this CPU has AVX-512F (the kernel is then built for 16-float vectors; see
+    ``backends.AUTO_WHEN`` for what that changes in ``impl="auto"``)."""
+    flags = next((line for line in _cpu().splitlines() if line.startswith(("flags=", "features="))), "")
+    return "avx512f" in flags.partition("=")[2].split()
+
+
 def _sources() -> list:
     return [SOURCE.read_text(), *(SOURCE.with_name(h).read_text() for h in HEADERS)]
 
