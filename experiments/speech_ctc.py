@@ -59,6 +59,9 @@ def parse(argv):
         "--max-train-seconds", type=float, default=15.0, help="longer utterances are not trained on (still evaluated)"
     )
     p.add_argument("--eval-every", type=int, default=700, help="updates between dev greedy CER checks")
+    p.add_argument(
+        "--ema", type=float, default=0.998, help="decay of a moving average of the weights, checked on dev too (0: off)"
+    )
     p.add_argument("--beam", type=int, default=16, help="prefixes kept per frame")
     p.add_argument("--lm-order", type=int, default=5, help="character n-gram order")
     p.add_argument("--lm-smoothing", choices=SMOOTHING, default="kneser_ney", help="n-gram smoothing")
@@ -70,6 +73,8 @@ def parse(argv):
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split of groups (levels)")
     p.add_argument("--samples", type=int, default=25, help="test utterances written to samples.txt")
     args = p.parse_args(argv)
+    if not 0.0 <= args.ema < 1.0:
+        p.error(f"expected --ema in [0, 1), got {args.ema}")
     if args.decode_workers < 1:
         p.error(f"expected --decode-workers >= 1, got {args.decode_workers}")
     if args.proj and args.cell != "lstm":
@@ -169,10 +174,11 @@ def run(args):
     loop, forward = ST.train_ctc(
         params, acfg, train, data["dev"], buckets, vocab, steps=args.updates, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, eval_every=args.eval_every, max_labels=max_labels, progress=not args.no_progress,
-        eval_lengths=eval_lengths,
+        eval_lengths=eval_lengths, ema=args.ema or None,
     )  # fmt: skip
     res.record_budget(loop.steps, loop.steps_planned, stopped_early=loop.stopped_early)
     res.extra["history"] = loop.history
+    res.extra["selected"] = loop.selected  # the dev-best evaluation: its update, and whether the average
     res.extra["n_params"] = seqmodel.count_params(loop.params)
     post = lambda split: ST.log_posteriors(forward, loop.params, split, eval_lengths, args.batch_size, max_labels)  # noqa: E731
     sub = np.random.default_rng(0).permutation(len(train.texts))[: len(data["dev"].texts)]

@@ -270,3 +270,56 @@ def test_tbptt_gradients_and_train_steps():
 def test_fit_bad_inputs_raise_clear_errors(kwargs, err, match):
     with pytest.raises(err, match=match):
         _fit(**kwargs)
+
+
+def test_train_steps_ema_is_the_debiased_average_and_monitor_picks_from_both():
+    """``ema``: the averaged params evaluated at each step equal a NumPy EMA of the params
+    trajectory (zero start, divided by 1 - d^t), and ``monitor`` returns the best of both kinds."""
+    import optax
+
+    from lstm_jax.tasks import loops
+
+    target = np.array([1.0, -2.0, 0.5], np.float32)
+    loss_fn = lambda p, b, rng: (jnp.sum((p["w"] - b) ** 2), {})  # noqa: E731
+    seen = []
+
+    def eval_fn(p):
+        w = np.asarray(p["w"], np.float64)
+        seen.append(w)
+        return {"dist": float(np.sum((w - target) ** 2))}
+
+    decay = 0.8
+    out = loops.train_steps(
+        loss_fn, {"w": jnp.zeros(3)}, optax.sgd(0.1), lambda s: jnp.asarray(target), steps=6, eval_every=1,
+        eval_fn=eval_fn, monitor="dist", progress=False, ema=decay,
+    )  # fmt: skip
+    raw, avg = seen[0::2], seen[1::2]  # per step: the params, then their average
+    want, acc = [], np.zeros(3)
+    for t, w in enumerate(raw, start=1):
+        acc = decay * acc + (1 - decay) * w
+        want.append(acc / (1 - decay**t))
+    np.testing.assert_allclose(np.stack(avg), np.stack(want), rtol=1e-5)
+    assert out.history[-1]["dist_ema"] > out.history[-1]["dist"]  # descending: the average lags
+    assert out.selected == {"step": 6, "averaged": False}
+    np.testing.assert_allclose(np.asarray(out.params["w"]), raw[-1], rtol=1e-6)
+    with pytest.raises(ValueError, match="expected ema None or a float in"):
+        loops.train_steps(loss_fn, {"w": jnp.zeros(3)}, optax.sgd(0.1), lambda s: target, steps=1, ema=1.0)
+
+
+def test_train_steps_monitor_returns_the_average_when_it_is_better():
+    import optax
+
+    from lstm_jax.tasks import loops
+
+    target = np.array([1.0, -2.0, 0.5], np.float32)
+    loss_fn = lambda p, b, rng: (jnp.sum((p["w"] - b) ** 2), {})  # noqa: E731
+    # lr 0.5 jumps the params onto each batch: target +1, -1, +1, ... (distance 3 every step)
+    sample = lambda s: jnp.asarray(target + (1.0 if s % 2 == 0 else -1.0))  # noqa: E731
+    dist = lambda p: {"dist": float(jnp.sum((p["w"] - target) ** 2))}  # noqa: E731
+    out = loops.train_steps(
+        loss_fn, {"w": jnp.asarray(target)}, optax.sgd(0.5), sample, steps=8, eval_every=1,
+        eval_fn=dist, monitor="dist", progress=False, ema=0.5,
+    )  # fmt: skip
+    assert all(abs(r["dist"] - 3.0) < 1e-4 for r in out.history)
+    assert out.selected["averaged"] and min(r["dist_ema"] for r in out.history) < 3.0
+    assert dist(out.params)["dist"] == pytest.approx(min(r["dist_ema"] for r in out.history))

@@ -36,6 +36,7 @@ class LoopResult(NamedTuple):
     steps: int  # steps that ran
     steps_planned: int  # the ``steps`` asked for
     stopped_early: bool  # the ``max_seconds`` cap cut the run short (an ``until`` stop is not "early")
+    selected: Optional[dict] = None  # with ``monitor``: ``{"step", "averaged"}`` of the params returned
 
 
 def _open_bar(bar, total: int, desc: str, progress: bool):
@@ -52,19 +53,25 @@ class _Tracker:
     def __init__(self, params, eval_fn, monitor, mode, until, bar):
         self.eval_fn, self.monitor, self.mode, self.until, self.bar = eval_fn, monitor, mode, until, bar
         self.history, self.best, self.best_params, self.losses = [], None, params, []
+        self.selected: Optional[dict] = None
 
-    def __call__(self, step: int, params) -> bool:
-        """Record ``step`` (mean of the logged losses since the last record, eval metrics); True = stop."""
+    def __call__(self, step: int, params, averaged=None) -> bool:
+        """Record ``step`` (mean of the logged losses since the last record, eval metrics of
+        ``params`` and, given, of the ``averaged`` params as ``<metric>_ema``); True = stop."""
         record = {"step": step, "train_loss": float(np.mean(self.losses)) if self.losses else float("nan")}
         self.losses.clear()
+        candidates = [(params, "", False)] + ([(averaged, "_ema", True)] if averaged is not None else [])
         if self.eval_fn is not None:
-            record.update({k: float(v) for k, v in self.eval_fn(params).items()})
+            for p, suffix, _ in candidates:
+                record.update({f"{k}{suffix}": float(v) for k, v in self.eval_fn(p).items()})
         self.history.append(record)
         if self.monitor is not None:
-            value = record[self.monitor]
-            better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-            if better and math.isfinite(value):
-                self.best, self.best_params = value, params
+            for p, suffix, is_avg in candidates:
+                value = record[self.monitor + suffix]
+                better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+                if better and math.isfinite(value):
+                    self.best, self.best_params = value, p
+                    self.selected = {"step": step, "averaged": is_avg}
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"}, refresh=False)
         return self.until is not None and self.until(record)
 
@@ -87,6 +94,7 @@ def train_steps(
     desc: str = "train",
     bar=None,
     train_step: Optional[Callable] = None,
+    ema: Optional[float] = None,
 ) -> LoopResult:
     """Step-budgeted training with a batch sampler, built on ``lstm_jax.train.make_train_step``
     (jitted here, at the outermost level).
@@ -103,20 +111,30 @@ def train_steps(
       bar: an existing tqdm bar to advance (one bar across several runs); else a new one.
       train_step: a custom ``(state, batch) -> (state, metrics)`` (e.g. ``lstm_jax.train.
         make_tbptt_train_step``) instead of ``make_train_step(loss_fn, optimizer)``.
+      ema: a decay in (0, 1): also keep an exponential moving average of the params (Polyak
+        averaging; ``avg_t = ema * avg_{t-1} + (1 - ema) * params_t`` from zero, divided by
+        ``1 - ema ** t``), evaluate it beside the params at each evaluation (metrics
+        ``<name>_ema``), and let ``monitor`` pick from both.
     Returns:
-      ``LoopResult(params, history, steps, steps_planned, stopped_early)``.
+      ``LoopResult(params, history, steps, steps_planned, stopped_early, selected)``.
     """
     # lazy: keeps datasets/baselines usable alone
     from lstm_jax import train as train_lib
 
+    if ema is not None and not (isinstance(ema, float) and 0.0 < ema < 1.0):
+        raise ValueError(f"expected ema None or a float in (0, 1), got {ema!r}")
     state = train_lib.init_train_state(params, optimizer, jax.random.key(seed))
     step_fn = jax.jit(train_step or train_lib.make_train_step(loss_fn, optimizer))  # type: ignore[arg-type]
+    avg = None if ema is None else jax.tree.map(jnp.zeros_like, state.params)
+    averaged = (lambda n: None) if ema is None else (lambda n: _debiased(avg, ema, n))  # noqa: E731
     bar, own_bar = _open_bar(bar, steps, desc, progress)
     track = _Tracker(params, eval_fn, monitor, mode, until, bar)
     done, cut, start = 0, False, time.perf_counter()
     for step in range(steps):
         state, metrics = step_fn(state, sample_batch(step))
         done = step + 1
+        if ema is not None:
+            avg = _ema_step(avg, state.params, ema)
         if step == 0:  # the wall-clock cap starts after the first (compiling) step
             jax.block_until_ready(state)
             start = time.perf_counter()
@@ -129,19 +147,35 @@ def train_steps(
             track.losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         bar.update(1)
-        if eval_every and done % eval_every == 0 and done < steps and track(done, state.params):
+        if eval_every and done % eval_every == 0 and done < steps and track(done, state.params, averaged(done)):
             break
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             cut = done < steps
             break
     if not track.history or track.history[-1]["step"] != done:
-        track(done, state.params)
+        track(done, state.params, averaged(done))
     if own_bar:
         bar.close()
     else:
         bar.update(steps - done)  # a shared bar counts the skipped budget as done
     final = track.best_params if monitor is not None else state.params
-    return LoopResult(final, track.history, done, steps, cut)
+    return LoopResult(final, track.history, done, steps, cut, track.selected)
+
+
+def _floating(a) -> bool:
+    return jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)
+
+
+@partial(jax.jit, donate_argnums=(0,))
+def _ema_step(avg, params, decay: float):
+    """One EMA step over the floating-point leaves (others: the current value)."""
+    return jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p if _floating(p) else p, avg, params)
+
+
+def _debiased(avg, decay: float, n: int):
+    """The average of the first ``n`` params with zero-start bias removed (``/ (1 - decay ** n)``)."""
+    scale = 1.0 / (1.0 - decay**n)
+    return jax.tree.map(lambda a: (a * scale).astype(a.dtype) if _floating(a) else a, avg)
 
 
 def train_generated(

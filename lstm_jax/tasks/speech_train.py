@@ -8,7 +8,7 @@ Shapes: ``B`` batch, ``T`` padded frames of a bucket, ``m`` bands, ``k`` classes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -155,7 +155,7 @@ class Decoder:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"expected workers a positive int, got {workers!r}")
         self.vocab, self.lm, self.workers = vocab, lm, workers
-        self._pool = None
+        self._pool: Optional[Any] = None  # a ProcessPoolExecutor while entered, with workers > 1
 
     def __enter__(self) -> Decoder:
         if self.workers > 1:
@@ -230,10 +230,12 @@ def train_ctc(
     max_labels: int,
     progress: bool = True,
     eval_lengths: Optional[Sequence[int]] = None,
+    ema: Optional[float] = None,
 ):
     """Adam (warmup, cosine decay, clipping) on the CTC loss; returns the ``LoopResult`` whose
     params are the best by dev greedy CER among the evaluations (dev batched into ``eval_lengths``
-    frames, default the training buckets')."""
+    frames, default the training buckets'), of the params and, with ``ema`` (a decay), of their
+    moving average (``loops.train_steps``)."""
     from lstm_jax import train as train_lib
     from lstm_jax.tasks import loops
 
@@ -260,4 +262,5 @@ def train_ctc(
         monitor="dev_cer",
         progress=progress,
         desc="ctc",
+        ema=ema,
     ), forward
