@@ -60,7 +60,7 @@ def parse(argv):
     )
     p.add_argument("--eval-every", type=int, default=700, help="updates between dev greedy CER checks")
     p.add_argument(
-        "--ema", type=float, default=0.998, help="decay of a moving average of the weights, checked on dev too (0: off)"
+        "--ema", type=float, default=0.0, help="decay of a moving average of the weights, checked on dev too (0: off)"
     )
     p.add_argument("--beam", type=int, default=16, help="prefixes kept per frame")
     p.add_argument("--lm-order", type=int, default=5, help="character n-gram order")
