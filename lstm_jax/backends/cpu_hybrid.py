@@ -4,8 +4,9 @@ A ``jax.custom_vjp`` runs its primal function when nobody differentiates the cal
 ``fwd``/``bwd`` pair when somebody does, so one call can take the fastest program for each
 (``benchmarks/cpu_speed.py``): the primal is ``backends.scan`` (XLA fuses the per-step input
 projection, gates and state update around its GEMM; at ``d_h < 128`` on an AVX2 CPU as fast a
-forward pass as the kernel's, which wins above and on AVX-512), and ``fwd``/``bwd`` are ``jax.vjp`` of ``backends.cpu_kernel``
-(the C++ recurrence with its custom backward; the fastest train step here). Both compute the same
+forward pass as the kernel's, which wins above and on AVX-512), and ``fwd``/``bwd`` are
+``jax.vjp`` of ``backends.cpu_kernel`` (the C++ recurrence with its custom backward; the
+fastest train step here). Both compute the same
 function (tested against each other to float rounding), so only the speed depends on the path.
 
 Serves what ``cpu_kernel`` serves (plain float32 LSTMs on CPU, the kernel built) except a
