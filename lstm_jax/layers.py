@@ -351,6 +351,12 @@ def _batched(params: StackParams, xs: Array, *, impl: str = "auto", **options) -
     for name in ("dropout", "recurrent_dropout"):
         if not 0.0 <= options.get(name, 0.0) < 1.0:
             raise ValueError(f"expected {name} in [0, 1), got {options[name]}")
+    # checked here, not in each backend: the kernel backends ignore both, yet bad values must fail
+    if options.get("hoist", 0) < 0:
+        raise ValueError(f"expected hoist >= 0, got {options['hoist']}")
+    unroll = options.get("unroll", 1)
+    if not isinstance(unroll, bool) and unroll < 1:
+        raise ValueError(f"expected unroll >= 1, got {unroll}")
     if options.get("dropout_key") is not None:
         options["dropout_key"] = as_key(options["dropout_key"], "dropout_key")
     return backends.run(impl, params, xs, LayerCall(**options))

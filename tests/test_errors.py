@@ -166,9 +166,17 @@ def test_dropout_rate_out_of_range(lstm_params, name, rate):
         call_lstm(lstm_params, XS, **{name: rate})
 
 
-def test_negative_hoist(lstm_params):
+@pytest.mark.parametrize("impl", ["auto", "scan", "fused", "cpu_kernel"])
+def test_negative_hoist_and_zero_unroll_fail_on_every_backend(lstm_params, impl):
+    """The kernel backends ignore ``hoist`` and ``unroll``; a bad value must still fail."""
+    from lstm_jax.backends import cpu_build
+
+    if impl == "cpu_kernel" and not cpu_build.status().ok:
+        pytest.skip(f"the C++ kernel is not built here: {cpu_build.status().reason}")
     with pytest.raises(ValueError, match=r"expected hoist >= 0, got -1"):
-        call_lstm(lstm_params, XS, hoist=-1)
+        call_lstm(lstm_params, XS, hoist=-1, impl=impl)
+    with pytest.raises(ValueError, match=r"expected unroll >= 1, got 0"):
+        call_lstm(lstm_params, XS, unroll=0, impl=impl)
 
 
 def test_errors_raise_under_jit_at_trace_time(lstm_params):
