@@ -62,6 +62,7 @@ def _compiler() -> Optional[str]:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
+@functools.cache  # read once per process: ``backends.choose`` asks (via ``avx512``) on every trace
 def _cpu() -> str:
     """This CPU as ``-march=native`` sees it: the model name and feature flags of
     ``/proc/cpuinfo`` (first processor) where there is one, else the machine type."""
