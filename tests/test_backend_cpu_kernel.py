@@ -135,6 +135,31 @@ def test_the_raw_kernel_is_right_for_rows_in_any_order():
     _close(*grads, **TOL)
 
 
+@pytest.mark.parametrize(
+    "lead, t, b, d_in, d_h",
+    [
+        ((), 37, 9, 5, 21),  # 333 rows: two row blocks, the second partial; 4h = 84: a partial column panel
+        ((3,), 7, 4, 3, 8),  # ensemble members (vmap's leading axis), one small block each
+        ((), 64, 32, 16, 64),  # large enough that the blocks are shared out across threads
+    ],
+)
+def test_weight_gradient_kernel_is_the_transposed_gemm(lead, t, b, d_in, d_h):
+    """dW = [X | H_prev]^T dz and db = sum dz, against float64 NumPy: H_prev is h0, then ys one step
+    back, times the recurrent-dropout mask."""
+    assert cpu_build.status().ok  # loads the kernel and registers its FFI targets
+    rng = np.random.default_rng(t)
+    xs, ys = rng.normal(size=(*lead, t, b, d_in)), rng.normal(size=(*lead, t, b, d_h))
+    h0, dz = rng.normal(size=(*lead, b, d_h)), rng.normal(size=(*lead, t, b, 4 * d_h))
+    mask = (rng.random((*lead, b, d_h)) > 0.3) / 0.7
+    f32 = [jnp.asarray(a, jnp.float32) for a in (xs, ys, h0, mask, dz)]
+    dw, db = jax.jit(cpu_kernel._weight_grads)(*f32)
+    h_prev = np.concatenate([h0[..., None, :, :], ys[..., :-1, :, :]], axis=-3) * mask[..., None, :, :]
+    a = np.concatenate([xs, h_prev], axis=-1).reshape(*lead, t * b, d_in + d_h)
+    want_dw = np.swapaxes(a, -1, -2) @ dz.reshape(*lead, t * b, 4 * d_h)
+    np.testing.assert_allclose(np.asarray(dw), want_dw, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(db), dz.sum(axis=(-3, -2)), atol=2e-4, rtol=1e-4)
+
+
 def test_inference_path_and_public_entry_point():
     params, xs, _, _, _ = _problem(4, 7, 3, 6, 1, False, None)
     run = jax.jit(lambda p, x: lstm(p, x, impl="cpu_kernel"))

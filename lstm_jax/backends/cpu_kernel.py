@@ -8,7 +8,8 @@ Per layer and direction (time-major ``[t, b, .]`` inside):
    micro-kernel over a copy of both weights packed once per call, in panels of one vector
    register's width of hidden units x 4 gates) with ``+ b``, the gate nonlinearities and the state
    update applied to each panel's block of the product while it is in cache (panels split across
-   OpenMP threads within a step when the step is large enough); lengths are masked inside (frozen
+   XLA's own intra-op threads within a step when the step is large enough: ``csrc/thread_pool.h``);
+   lengths are masked inside (frozen
    carry, zero outputs), and with lengths the rows are sorted longest first on the way in (and
    back on the way out), so each step's GEMM runs over the rows still inside their sequences only:
    a padded batch pays for its valid steps, as a packed one would;
@@ -16,9 +17,10 @@ Per layer and direction (time-major ``[t, b, .]`` inside):
    states; the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
    packed panels of ``W_h^T``, split along ``4h`` in chunks that stay in L1, each panel's block
    followed at once by the gate derivatives of step ``t - 1``), writing ``dz`` over the stored
-   activations; then ``dW_h = sum_t h_{t-1}^T dz_t``, ``dW_x = X^T dz``, ``db`` and
-   ``dX = dz W_x^T`` are single large XLA matmuls. A call that is not differentiated runs the
-   inference kernel, which stores nothing.
+   activations; then a third kernel computes ``[dW_x; dW_h] = [X | H_prev]^T dz`` (``H_prev`` the
+   masked ``h`` entering each step, packed straight from ``ys`` and ``h0``: ``csrc/weight_grads.h``)
+   and ``db`` as one blocked GEMM, and ``dX = dz W_x^T`` is one XLA matmul. A call that is not
+   differentiated runs the inference kernel, which stores nothing.
 
 ``jax.vmap`` (e.g. a vmapped ensemble) passes the mapped axes to the kernel
 (``vmap_method="broadcast_all"``), which runs the members in one call, each with its own ``W_h``.
@@ -122,6 +124,16 @@ def _forward(xs, w_x, b, w_h, h0, c0, lengths, mask, *, store: bool):
     return jax.ffi.ffi_call(name, outs, vmap_method="broadcast_all")(xs, w_x, b, w_h, h0, c0, lengths, mask)
 
 
+def _weight_grads(xs, ys, h0, mask, dz):
+    """The weight-gradient kernel: ``(dW = [X | H_prev]^T dz: [d_in + d_h, 4 d_h], db: [4 d_h])`` with
+    ``X = xs`` and ``H_prev`` the masked ``h`` entering each step (``h0``, then ``ys``), packed as the
+    GEMM reads them (never written out)."""
+    d_in, d_h = xs.shape[-1], ys.shape[-1]
+    lead = xs.shape[:-3]
+    outs = [_like((*lead, d_in + d_h, 4 * d_h)), _like((*lead, 4 * d_h))]
+    return jax.ffi.ffi_call("lstm_jax_cpu_weight_grads", outs, vmap_method="broadcast_all")(xs, ys, h0, mask, dz)
+
+
 def _backward(w_h, acts, cs, c0, lengths, mask, dys, dh, dc):
     """The backward kernel: ``(dz [t, b, 4h], dh0, dc0 [b, h])``; ``dz`` is written over ``acts``
     (each step's gate activations are read once, just before that step's ``dz`` replaces them),
@@ -149,19 +161,19 @@ def _core_bwd(bf16, res, cts):
     dz, dh0, dc0 = _backward(w_h, acts, cs, c0, lengths, mask, dys, dh, dc)
     t, b, d_h = ys.shape
     d_in = xs.shape[-1]
-    # the (masked) h entering each step's recurrent matmul; at invalid steps dz = 0
-    h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]
     flat_dz = dz.reshape(t * b, 4 * d_h)
     with jax.named_scope("cpu_kernel_lstm_weight_grads"):
         if bf16:  # xs and w_x hold bfloat16 values: exact as bfloat16 operands
+            # the (masked) h entering each step's recurrent matmul; at invalid steps dz = 0
+            h_prev = jnp.concatenate([h0[None], ys[:-1]], axis=0) * mask[None]
             dx, dw_x = _project_bf16_bwd((xs.reshape(t * b, d_in).astype(_BF16), w_x.astype(_BF16)), flat_dz)
-            dw_h = h_prev.reshape(t * b, d_h).T @ flat_dz
-        else:  # [dW_x; dW_h] = [x_t | h_{t-1}]^T dz_t summed over steps: one GEMM, one pass over dz
-            dw = jnp.concatenate([xs, h_prev], axis=-1).reshape(t * b, d_in + d_h).T @ flat_dz
+            dw_h, db = h_prev.reshape(t * b, d_h).T @ flat_dz, flat_dz.sum(0)
+        else:  # [dW_x; dW_h] = [x_t | h_{t-1}]^T dz_t summed over steps: one GEMM in the kernel
+            dw, db = _weight_grads(xs, ys, h0, mask, dz)
             dw_x, dw_h = dw[:d_in], dw[d_in:]
             dx = flat_dz @ w_x.T
     # lengths are integers (no cotangent); the mask is a constant (the caller stops its gradient)
-    return dw_x, dw_h, flat_dz.sum(0), dx.reshape(t, b, d_in), dh0, dc0, None, jnp.zeros_like(mask)
+    return dw_x, dw_h, db, dx.reshape(t, b, d_in), dh0, dc0, None, jnp.zeros_like(mask)
 
 
 _core.defvjp(_core_fwd, _core_bwd)

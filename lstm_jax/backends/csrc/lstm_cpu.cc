@@ -9,14 +9,16 @@
 // register), so one panel's product holds everything the state update of those units needs. The
 // backward kernel does the same with W_h^T (panels of 2 VL hidden units, the GEMM split along 4h
 // in chunks that stay in L1): the product dz_t W_h^T of a panel is followed at once by the gate
-// derivatives of step t - 1 for those units. Panels are split across OpenMP threads within a step
-// (one barrier per step) when the step is large enough to pay for it.
+// derivatives of step t - 1 for those units. Panels are split across a team of XLA's threads
+// (thread_pool.h) within a step (one barrier per step) when the step is large enough to pay for it.
 // Lengths: past lengths[b] the carry is frozen and the outputs are zero.
 // Leading axes before [t, b, .] are independent problems (jax.vmap with
 // vmap_method="broadcast_all": ensemble members), each with its own weights; they run in parallel
-// (OpenMP threads, one member per thread at a time).
+// (XLA's threads take them one at a time).
 //
-// The fast tanh/sigmoid are in fast_math.h, the packed GEMM micro-kernels in packed_gemm.h.
+// A third handler, LstmCpuWeightGrads, computes [dW_x; dW_h] = [X | H_prev]^T dZ and db in one
+// blocked GEMM (weight_grads.h). The fast tanh/sigmoid are in fast_math.h, the packed GEMM
+// micro-kernels in packed_gemm.h, the threads in thread_pool.h.
 //
 // Forward inputs:  xs [..., t, b, d], w_x [..., d, 4h], b [..., 4h], w_h [..., h, 4h],
 //                  h0 [..., b, h], c0 [..., b, h], lengths [..., b] int32, mask [..., b, h]
@@ -28,8 +30,6 @@
 //                  each step's activations are read just before its dz overwrites them),
 //                  dh0, dc0 [..., b, h]
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -40,6 +40,8 @@
 
 #include "fast_math.h"
 #include "packed_gemm.h"
+#include "thread_pool.h"
+#include "weight_grads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -47,9 +49,23 @@ using namespace lstm_jax_cpu;  // NOLINT: the kernel's own headers
 
 namespace {
 
-// Worth splitting one step of b rows x k inputs over threads: 2^20 multiply-adds or more (measured
+using Threads = ffi::ThreadPool;  // XLA's intra-op threads, handed to every call
+
+// Threads for one step of b rows x k inputs: all there are from 2^20 multiply-adds on (measured
 // on 2 cores; below it a thread that loses its core for a moment stalls every per-step barrier).
-inline bool threaded(int64_t b, int64_t k, int64_t h) { return b * k * 4 * h >= (int64_t{1} << 20); }
+inline int step_threads(int64_t b, int64_t k, int64_t h) { return b * k * 4 * h >= (int64_t{1} << 20) ? 1 << 16 : 1; }
+
+// fn(m, threads) for every problem m < members: several members are taken one at a time by XLA's
+// threads (each member on one thread; a thread that starts late takes fewer), a single one gets
+// up to `threads` threads for its steps.
+template <class Fn>
+void each_member(Threads* pool, int64_t members, int threads, Fn fn) {
+  if (members == 1) {
+    fn(0, threads);
+    return;
+  }
+  run_claim(pool, members, members, [&](int64_t m) { fn(m, 1); });
+}
 
 struct Dims {
   int64_t members, t, b, d, h;
@@ -79,8 +95,10 @@ ffi::Error get_dims(const ffi::Buffer<ffi::F32>& xs, const ffi::Buffer<ffi::F32>
 // Per step t, the rows [0, live[t]) that hold every row still inside its sequence (1 + the last
 // row b with t < lengths[b]; 0 when none is): the per-step GEMMs run over those rows only, so a
 // batch sorted longest first (the Python side sorts it) pays for its valid steps, not its padding.
-std::vector<int64_t> live_rows(const Dims& d, const int32_t* lengths) {
-  std::vector<int64_t> live(d.t, 0);
+// In the calling thread's scratch slot `slot`.
+const int64_t* live_rows(const Dims& d, const int32_t* lengths, int slot) {
+  int64_t* live = scratch<int64_t>(slot, d.t);
+  std::fill(live, live + d.t, 0);
   for (int64_t b = 0; b < d.b; ++b)
     for (int64_t t = 0; t < std::min<int64_t>(lengths[b], d.t); ++t) live[t] = b + 1;
   return live;
@@ -102,15 +120,18 @@ constexpr int FW_W = 4 * VL;  // floats per panel row (and per row of the produc
 // column v * VL + u = W[k, q * H + VL * p + u] with gate q = s * FW_NV + v.
 void pack_forward(const float* w_x, const float* w_h, int64_t D, int64_t H, float* out) {
   const int64_t P = (H + FW_U - 1) / FW_U, G = 4 * H, K = D + H;
-  for (int64_t p = 0; p < P; ++p)
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t j0 = p * FW_U, n = std::min<int64_t>(FW_U, H - j0);  // units of this panel
     for (int s = 0; s < FW_SUBS; ++s)
-      for (int64_t k = 0; k < K; ++k)
-        for (int v = 0; v < FW_NV; ++v)
-          for (int u = 0; u < FW_U; ++u) {
-            const int64_t j = p * FW_U + u, col = (s * FW_NV + v) * H + j;
-            const float w = j >= H ? 0.0f : (k < D ? w_x[k * G + col] : w_h[(k - D) * G + col]);
-            out[((p * FW_SUBS + s) * K + k) * FW_NV * VL + v * VL + u] = w;
-          }
+      for (int64_t k = 0; k < K; ++k) {
+        const float* row = k < D ? w_x + k * G : w_h + (k - D) * G;
+        float* dst = out + ((p * FW_SUBS + s) * K + k) * FW_NV * VL;
+        for (int v = 0; v < FW_NV; ++v) {  // one vector: units j0.. of gate s * FW_NV + v
+          std::copy(row + (s * FW_NV + v) * H + j0, row + (s * FW_NV + v) * H + j0 + n, dst + v * VL);
+          std::fill(dst + v * VL + n, dst + (v + 1) * VL, 0.0f);
+        }
+      }
+  }
 }
 
 struct ForwardArgs {
@@ -179,39 +200,40 @@ inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t 
 // One forward problem: per step t and panel, the product [x_t | h * mask] [W_x; W_h] of all rows
 // (sub-panel by sub-panel, each sub-panel staying in L1 across the rows), then the gate update.
 template <bool kStore>
-void forward_one(const Dims& d, const ForwardArgs& a) {
+void forward_one(const Dims& d, const ForwardArgs& a, Threads* pool, int threads) {
   const int64_t B = d.b, D = d.d, H = d.h, K = D + H, P = (H + FW_U - 1) / FW_U;
-  Aligned packed(P * K * FW_W), hm0(B * H), hm1(B * H);
-  pack_forward(a.w_x, a.w_h, D, H, packed.p);
+  float* packed = scratch<float>(0, P * K * FW_W);
+  float* hm0 = scratch<float>(1, B * H);
+  float* hm1 = scratch<float>(2, B * H);
+  pack_forward(a.w_x, a.w_h, D, H, packed);
   std::copy(a.h0, a.h0 + B * H, a.h_out);
   std::copy(a.c0, a.c0 + B * H, a.c_out);
-  for (int64_t k = 0; k < B * H; ++k) hm0.p[k] = a.h_out[k] * a.mask[k];
-  const std::vector<int64_t> live = live_rows(d, a.lengths);
-#pragma omp parallel if (threaded(B, K, H))
-  {
-    Aligned prod(B * FW_W);  // this thread's product block of one panel, all rows
-    for (int64_t t = 0; t < d.t; ++t) {
-      const float* cur = (t % 2 == 0) ? hm0.p : hm1.p;  // h * mask entering step t (read by every panel)
-      float* nxt = (t % 2 == 0) ? hm1.p : hm0.p;        // ... leaving it (each panel writes its units)
-      const float* x_t = a.xs + t * B * D;
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t j0 = p * FW_U, jn = std::min<int64_t>(FW_U, H - j0);
-        const int64_t rows = live[t], step_rows = even_rows(rows, FW_MR);  // rows past live[t] are frozen
-        if (rows > 0) {
-          for (int s = 0; s < FW_SUBS; ++s) {
-            const float* panel = packed.p + (p * FW_SUBS + s) * K * FW_NV * VL;
-            for (int64_t r0 = 0; r0 < rows; r0 += step_rows) {
-              const int mr = static_cast<int>(std::min<int64_t>(step_rows, rows - r0));
-              micro_rows<FW_NV, FW_MR>(mr, x_t + r0 * D, D, D, cur + r0 * H, H, H, panel,
-                                       prod.p + r0 * FW_W + s * FW_NV * VL, FW_W);
-            }
+  for (int64_t k = 0; k < B * H; ++k) hm0[k] = a.h_out[k] * a.mask[k];
+  const int64_t* live = live_rows(d, a.lengths, 3);
+  float* prods = scratch<float>(4, max_team(pool, threads) * B * FW_W);  // per member: its product block of one panel
+  run_steps(pool, threads, d.t, [&](int64_t t, int tid, int size) {
+    float* prod = prods + tid * B * FW_W;
+    int64_t p_lo, p_hi;  // this member's panels
+    share(P, tid, size, &p_lo, &p_hi);
+    const float* cur = (t % 2 == 0) ? hm0 : hm1;  // h * mask entering step t (read by every panel)
+    float* nxt = (t % 2 == 0) ? hm1 : hm0;        // ... leaving it (each panel writes its units)
+    const float* x_t = a.xs + t * B * D;
+    for (int64_t p = p_lo; p < p_hi; ++p) {
+      const int64_t j0 = p * FW_U, jn = std::min<int64_t>(FW_U, H - j0);
+      const int64_t rows = live[t], step_rows = even_rows(rows, FW_MR);  // rows past live[t] are frozen
+      if (rows > 0) {
+        for (int s = 0; s < FW_SUBS; ++s) {
+          const float* panel = packed + (p * FW_SUBS + s) * K * FW_NV * VL;
+          for (int64_t r0 = 0; r0 < rows; r0 += step_rows) {
+            const int mr = static_cast<int>(std::min<int64_t>(step_rows, rows - r0));
+            micro_rows<FW_NV, FW_MR>(mr, x_t + r0 * D, D, D, cur + r0 * H, H, H, panel,
+                                     prod + r0 * FW_W + s * FW_NV * VL, FW_W);
           }
         }
-        gate_update<kStore>(d, a, t, j0, jn, prod.p, cur, nxt);
-      }  // implicit barrier: step t + 1 reads every panel's units of nxt
+      }
+      gate_update<kStore>(d, a, t, j0, jn, prod, cur, nxt);
     }
-  }
+  });  // a barrier between steps: step t + 1 reads every panel's units of nxt
 }
 
 // ----------------------------------------------------------------------------- backward
@@ -282,53 +304,56 @@ inline void gate_grads(const Dims& d, int64_t t, int64_t b, int64_t k0, int64_t 
 
 void backward_one(const Dims& d, const float* w_h, const float* acts, const float* cs, const float* c0,
                   const int32_t* lengths, const float* mask, const float* dys, const float* dh_T, const float* dc_T,
-                  float* dz, float* dh, float* dc) {
+                  float* dz, float* dh, float* dc, Threads* pool, int threads) {
   const int64_t B = d.b, H = d.h, G = 4 * d.h, P = (H + BW_U - 1) / BW_U;
-  Aligned packed(P * G * BW_U);
-  pack_backward(w_h, H, packed.p);
+  float* packed = scratch<float>(0, P * G * BW_U);
+  pack_backward(w_h, H, packed);
   std::copy(dh_T, dh_T + B * H, dh);
   std::copy(dc_T, dc_T + B * H, dc);
   if (d.t == 0) return;
-  const std::vector<int64_t> live = live_rows(d, lengths);
-#pragma omp parallel if (threaded(B, H, H))
-  {
-    Aligned prod(B * BW_U);  // this thread's block of dz_t W_h^T for one panel, all rows
-    // dz of the last step; then per step t: dh_{t-1} = (dz_t W_h^T) * mask for rows inside their
-    // sequence (a frozen step passes dh through), and at once the dz of step t - 1, panel by panel
-    // (the GEMM split along its K = 4h in chunks that stay in L1 across the rows)
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < P; ++p) {
-      const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
-      for (int64_t b = 0; b < B; ++b) gate_grads(d, d.t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
-    }
-    for (int64_t t = d.t - 1; t >= 0; --t) {
-      const float* dz_t = dz + t * B * G;
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < P; ++p) {
+  const int64_t* live = live_rows(d, lengths, 3);
+  float* prods = scratch<float>(4, max_team(pool, threads) * B * BW_U);  // per member: its block of dz_t W_h^T
+  // step 0: dz of the last step; step s > 0, t = T - s: dh_{t-1} = (dz_t W_h^T) * mask for rows
+  // inside their sequence (a frozen step passes dh through), and at once the dz of step t - 1,
+  // panel by panel (the GEMM split along its K = 4h in chunks that stay in L1 across the rows);
+  // a barrier between steps: step t - 1's GEMM reads every panel's units of dz_{t-1}
+  run_steps(pool, threads, d.t + 1, [&](int64_t s, int tid, int size) {
+    float* prod = prods + tid * B * BW_U;
+    int64_t p_lo, p_hi;  // this member's panels
+    share(P, tid, size, &p_lo, &p_hi);
+    if (s == 0) {
+      for (int64_t p = p_lo; p < p_hi; ++p) {
         const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
-        const float* panel = packed.p + p * G * BW_U;
-        const int64_t rows = live[t], step_rows = even_rows(rows, BW_MR);  // dz_t is zero past live[t]
-        for (int64_t g0 = 0; g0 < G; g0 += BW_KC) {
-          const int64_t kc = std::min<int64_t>(BW_KC, G - g0);
-          for (int64_t r0 = 0; r0 < rows; r0 += step_rows) {
-            const int mr = static_cast<int>(std::min<int64_t>(step_rows, rows - r0));
-            micro_rows<BW_NV, BW_MR>(mr, dz_t + r0 * G + g0, G, kc, nullptr, 0, 0, panel + g0 * BW_U,
-                                     prod.p + r0 * BW_U, BW_U, g0 > 0);
-          }
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          if (t < lengths[b]) {
-            const float* back = prod.p + b * BW_U;
-            for (int64_t j = 0; j < kn; ++j) dh[b * H + k0 + j] = back[j] * mask[b * H + k0 + j];
-          }
-          if (t > 0) gate_grads(d, t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
-        }
-      }  // implicit barrier: step t - 1's GEMM reads every panel's units of dz_{t-1}
+        for (int64_t b = 0; b < B; ++b) gate_grads(d, d.t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
+      }
+      return;
     }
-  }
+    const int64_t t = d.t - s;
+    const float* dz_t = dz + t * B * G;
+    for (int64_t p = p_lo; p < p_hi; ++p) {
+      const int64_t k0 = p * BW_U, kn = std::min<int64_t>(BW_U, H - k0);
+      const float* panel = packed + p * G * BW_U;
+      const int64_t rows = live[t], step_rows = even_rows(rows, BW_MR);  // dz_t is zero past live[t]
+      for (int64_t g0 = 0; g0 < G; g0 += BW_KC) {
+        const int64_t kc = std::min<int64_t>(BW_KC, G - g0);
+        for (int64_t r0 = 0; r0 < rows; r0 += step_rows) {
+          const int mr = static_cast<int>(std::min<int64_t>(step_rows, rows - r0));
+          micro_rows<BW_NV, BW_MR>(mr, dz_t + r0 * G + g0, G, kc, nullptr, 0, 0, panel + g0 * BW_U, prod + r0 * BW_U,
+                                   BW_U, g0 > 0);
+        }
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (t < lengths[b]) {
+          const float* back = prod + b * BW_U;
+          for (int64_t j = 0; j < kn; ++j) dh[b * H + k0 + j] = back[j] * mask[b * H + k0 + j];
+        }
+        if (t > 0) gate_grads(d, t - 1, b, k0, kn, acts, cs, c0, lengths, dys, dh, dc, dz);
+      }
+    }
+  });
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
+ffi::Error Forward(Threads* pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
                    ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> ys,
                    ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T, float* acts, float* cs) {
@@ -344,8 +369,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buf
   advise_huge(ys->typed_data(), n_out * H * sizeof(float));
   if (acts) advise_huge(acts, n_out * G * sizeof(float));
   if (cs) advise_huge(cs, n_out * H * sizeof(float));
-#pragma omp parallel for schedule(static) if (d.members > 1)
-  for (int64_t m = 0; m < d.members; ++m) {
+  each_member(pool, d.members, step_threads(B, D + H, H), [&](int64_t m, int threads) {
     ForwardArgs a{xs.typed_data() + m * T * B * D,
                   w_x.typed_data() + m * D * G,
                   b.typed_data() + m * G,
@@ -360,43 +384,81 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buf
                   acts ? acts + m * T * B * G : nullptr,
                   cs ? cs + m * T * B * H : nullptr};
     if (acts) {
-      forward_one<true>(d, a);
+      forward_one<true>(d, a, pool, threads);
     } else {
-      forward_one<false>(d, a);
+      forward_one<false>(d, a, pool, threads);
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardInfer(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
+ffi::Error ForwardInfer(Threads pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
                         ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                         ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> ys,
                         ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T) {
-  return Forward(xs, w_x, b, w_h, h0, c0, lengths, mask, ys, h_T, c_T, nullptr, nullptr);
+  return Forward(&pool, xs, w_x, b, w_h, h0, c0, lengths, mask, ys, h_T, c_T, nullptr, nullptr);
 }
 
-ffi::Error ForwardTrain(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
+ffi::Error ForwardTrain(Threads pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_x, ffi::Buffer<ffi::F32> b,
                         ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                         ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> ys,
                         ffi::ResultBuffer<ffi::F32> h_T, ffi::ResultBuffer<ffi::F32> c_T,
                         ffi::ResultBuffer<ffi::F32> acts, ffi::ResultBuffer<ffi::F32> cs) {
-  return Forward(xs, w_x, b, w_h, h0, c0, lengths, mask, ys, h_T, c_T, acts->typed_data(), cs->typed_data());
+  return Forward(&pool, xs, w_x, b, w_h, h0, c0, lengths, mask, ys, h_T, c_T, acts->typed_data(),
+                 cs->typed_data());
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
+ffi::Error Backward(Threads pool, ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> cs,
                     ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths, ffi::Buffer<ffi::F32> mask,
                     ffi::Buffer<ffi::F32> dys, ffi::Buffer<ffi::F32> dh_T, ffi::Buffer<ffi::F32> dc_T,
                     ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   Dims d;
   if (auto e = get_dims(acts, w_h, &d); e.failure()) return e;
   const int64_t B = d.b, H = d.h, G = 4 * d.h, T = d.t;
-#pragma omp parallel for schedule(static) if (d.members > 1)
-  for (int64_t m = 0; m < d.members; ++m) {
+  each_member(&pool, d.members, step_threads(B, H, H), [&](int64_t m, int threads) {
     backward_one(d, w_h.typed_data() + m * H * G, acts.typed_data() + m * T * B * G, cs.typed_data() + m * T * B * H,
                  c0.typed_data() + m * B * H, lengths.typed_data() + m * B, mask.typed_data() + m * B * H,
                  dys.typed_data() + m * T * B * H, dh_T.typed_data() + m * B * H, dc_T.typed_data() + m * B * H,
-                 dz->typed_data() + m * T * B * G, dh0->typed_data() + m * B * H, dc0->typed_data() + m * B * H);
+                 dz->typed_data() + m * T * B * G, dh0->typed_data() + m * B * H, dc0->typed_data() + m * B * H,
+                 &pool, threads);
+  });
+  return ffi::Error::Success();
+}
+
+// dW = [X | H_prev]^T dZ and db (weight_grads.h) of every problem: xs [..., t, b, d],
+// ys [..., t, b, h], h0 and mask [..., b, h], dz [..., t, b, 4h] -> dw [..., d + h, 4h], db [..., 4h].
+ffi::Error WeightGrads(Threads pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dw,
+                       ffi::ResultBuffer<ffi::F32> db) {
+  auto xd = xs.dimensions();
+  const int64_t r = xd.size();
+  if (r < 3 || ys.dimensions().size() != xd.size()) {
+    return ffi::Error::InvalidArgument("lstm_cpu: expected xs [..., t, b, d] and ys [..., t, b, h]");
   }
+  const int64_t T = xd[r - 3], B = xd[r - 2], D = xd[r - 1], H = ys.dimensions()[r - 1], G = 4 * H;
+  const int64_t members = static_cast<int64_t>(xs.element_count()) / std::max<int64_t>(1, T * B * D);
+  if (static_cast<int64_t>(ys.element_count()) != members * T * B * H ||
+      static_cast<int64_t>(dz.element_count()) != members * T * B * G ||
+      static_cast<int64_t>(h0.element_count()) != members * B * H ||
+      static_cast<int64_t>(mask.element_count()) != members * B * H ||
+      static_cast<int64_t>(dw->element_count()) != members * (D + H) * G ||
+      static_cast<int64_t>(db->element_count()) != members * G) {
+    return ffi::Error::InvalidArgument("lstm_cpu: weight gradient operands of mismatched shapes");
+  }
+  each_member(&pool, members, step_threads(T * B, D + H, H), [&](int64_t m, int threads) {
+    WeightGradArgs a{xs.typed_data() + m * T * B * D,
+                     ys.typed_data() + m * T * B * H,
+                     h0.typed_data() + m * B * H,
+                     mask.typed_data() + m * B * H,
+                     dz.typed_data() + m * T * B * G,
+                     T,
+                     B,
+                     D,
+                     H,
+                     dw->typed_data() + m * (D + H) * G,
+                     db->typed_data() + m * G};
+    weight_grads(a, &pool, threads);
+  });
   return ffi::Error::Success();
 }
 
@@ -404,6 +466,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::
 
 #define LSTM_CPU_FORWARD_ARGS                                                                            \
   ffi::Ffi::Bind()                                                                                       \
+      .Ctx<ffi::ThreadPool>()                                                                            \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                      \
@@ -419,8 +482,19 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> w_h, ffi::Buffer<ffi::F32> acts, ffi::
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuForward, ForwardInfer, LSTM_CPU_FORWARD_ARGS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuForwardTrain, ForwardTrain,
                               LSTM_CPU_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuWeightGrads, WeightGrads,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmCpuBackward, Backward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -1,5 +1,5 @@
 // lstm_jax CPU kernel: the register-blocked GEMM micro-kernels over packed weight panels, the
-// vector width they are built for, and the aligned scratch buffers they work in.
+// vector width they are built for, and the aligned scratch memory they work in.
 #pragma once
 
 #include <sys/mman.h>
@@ -24,17 +24,28 @@ constexpr int BW_MR = 6;
 #endif
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 
-struct Aligned {  // 64-byte aligned float buffer
-  float* p = nullptr;
-  explicit Aligned(size_t n) {
-    size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
-    std::memset(p, 0, bytes > 0 ? bytes : 64);
+// Scratch memory of the calling thread that outlives a call: slot `slot` grows to the largest
+// size any call asked of it and is then reused, so a kernel call allocates nothing (XLA calls
+// the kernels from its few threads, an ensemble's members run on all of them at once, and their
+// mallocs queued on one lock). 64-byte aligned, not zeroed: every use writes before it reads.
+template <class T>
+T* scratch(int slot, size_t n) {
+  struct Slots {
+    void* p[8] = {};
+    size_t bytes[8] = {};
+    ~Slots() {
+      for (void* q : p) std::free(q);
+    }
+  };
+  thread_local Slots slots;
+  const size_t want = ((n * sizeof(T) + 63) / 64) * 64;
+  if (slots.bytes[slot] < want) {
+    std::free(slots.p[slot]);
+    slots.p[slot] = std::aligned_alloc(64, want);
+    slots.bytes[slot] = want;
   }
-  ~Aligned() { std::free(p); }
-  Aligned(const Aligned&) = delete;
-  Aligned& operator=(const Aligned&) = delete;
-};
+  return static_cast<T*>(slots.p[slot]);
+}
 
 // Ask for transparent huge pages on a large output buffer before the kernel first writes it: XLA
 // allocates fresh (untouched) memory for big outputs on each call, and faulting it in 4 KiB pages
