@@ -12,8 +12,8 @@ Contenders per config ``(B, T, D, H, layers)``: torch ``nn.LSTM(num_layers=L)`` 
 ``compute_dtype=bfloat16``: mixed precision, so not float32 like the others; it is not part of
 ``auto``). A forward pass is the network's outputs; a train step is
 value and gradient of a mean-squared loss of the outputs, then an Adam update. All contenders of
-a config are compiled and warmed first, then timed interleaved round-robin (the start rotates),
-``--reps`` times each; medians. float32. Writes ``DIR/cpu_speed.json`` and ``DIR/cpu_speed.md``
+a config are compiled and warmed first, then timed interleaved (every contender once per round,
+in a new random order each round), ``--reps`` rounds; medians. float32. Writes ``DIR/cpu_speed.json`` and ``DIR/cpu_speed.md``
 (ms, and each of ours as a speed ratio to torch and to flax: > 1 is faster).
 """
 
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -101,18 +102,20 @@ def contenders(cfg, jit) -> dict:
 
 
 def time_round_robin(cands: dict, reps: int) -> dict:
+    """Each contender and mode once per round, ``reps`` rounds, in a new (seeded) random order each
+    round: no contender always follows the same one (whose threads or freed memory may linger)."""
     order = [(name, mode) for name in cands for mode in ("fwd", "train")]
     times: dict = {key: [] for key in order}
     for r in range(reps):
-        shift = r % len(order)
-        for name, mode in order[shift:] + order[:shift]:
+        for name, mode in random.Random(r).sample(order, len(order)):
             start = time.perf_counter()
             cands[name][mode]()
             times[(name, mode)].append((time.perf_counter() - start) * 1e3)
     out: dict = {}
-    for (name, mode), ts in times.items():  # the median, and the best run (least disturbed by load)
+    for (name, mode), ts in times.items():  # the median, the best run (least disturbed by load), all runs
         out.setdefault(name, {})[mode] = statistics.median(ts)
         out[name][f"{mode}_min"] = min(ts)
+        out[name][f"{mode}_runs"] = [round(v, 3) for v in ts]
     return out
 
 
