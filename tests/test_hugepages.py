@@ -30,10 +30,17 @@ def test_supported_needs_glibc_2_35_and_thp_not_never():
 def test_environment_adds_the_tunable_once_and_respects_the_user(monkeypatch):
     monkeypatch.setattr(hugepages, "supported", lambda: True)
     env = hugepages.environment({"PATH": "/bin"})
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert env == {
+        "PATH": "/bin",
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:"
+        "glibc.malloc.trim_threshold=18446744073709551615",
+    }
     assert hugepages.active(env) and hugepages.environment(env) is None  # never a second restart
-    other = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
-    assert other["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    other = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})  # the user's value stays
+    assert other["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
+        "glibc.malloc.trim_threshold=18446744073709551615"
+    )
     assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
     assert hugepages.environment({"LSTM_JAX_HUGEPAGES": "0"}) is None
     monkeypatch.setattr(hugepages, "supported", lambda: False)
@@ -69,5 +76,5 @@ def test_a_script_restarts_once_in_the_same_process_with_its_arguments(tmp_path,
     restarted = hugepages.supported() and not opt_out
     assert len(starts) == (2 if restarted else 1)
     assert len(set(starts)) == 1 and run[0] == starts[0]  # execv: the same pid throughout
-    assert run[1].startswith("glibc.malloc.hugetlb=1 " if restarted else "- ")
+    assert run[1].startswith(":".join(hugepages.TUNABLES) + " " if restarted else "- ")
     assert run[1].endswith("['--flag', 'a b']")
