@@ -36,7 +36,8 @@ import jax
 __all__ = ["HEADERS", "KernelStatus", "SOURCE", "TARGETS", "build", "status"]
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cc"
-HEADERS = ("backward.h", "fast_math.h", "packed_gemm.h", "recurrence.h", "thread_pool.h", "weight_grads.h")  # next to SOURCE, included by it
+# next to SOURCE, included by it
+HEADERS = ("backward.h", "fast_math.h", "packed_gemm.h", "recurrence.h", "thread_pool.h", "weight_grads.h")
 # FFI target name -> exported handler symbol
 TARGETS = {
     "lstm_jax_cpu_forward": "LstmCpuForward",
