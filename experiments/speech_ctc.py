@@ -41,6 +41,12 @@ def parse(argv):
     p.add_argument("--n-mels", type=int, default=80)
     p.add_argument("--norm", choices=("global", "utterance"), default="global", help="feature normalisation")
     p.add_argument("--stack", type=int, default=3, help="frames stacked and subsampled")
+    p.add_argument(
+        "--speed-perturb",
+        type=_floats,
+        default=[],
+        help="also train on copies of the training audio played at these speeds, e.g. 0.9,1.1 (default: none)",
+    )
     p.add_argument("--hidden", type=int, default=256, help="LSTM units per direction")
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--proj", type=int, default=0, help="LSTMP projection size (0: plain LSTM)")
@@ -73,6 +79,9 @@ def parse(argv):
     p.add_argument("--split-seed", type=int, default=0, help="seed of the split of groups (levels)")
     p.add_argument("--samples", type=int, default=25, help="test utterances written to samples.txt")
     args = p.parse_args(argv)
+    if any(not 0.5 <= f <= 2.0 or f == 1.0 for f in args.speed_perturb):
+        want = "factors in [0.5, 2] other than 1 (the recorded audio is always used)"
+        p.error(f"expected --speed-perturb {want}, got {args.speed_perturb}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"expected --ema in [0, 1), got {args.ema}")
     if args.decode_workers < 1:
@@ -80,6 +89,21 @@ def parse(argv):
     if args.proj and args.cell != "lstm":
         p.error(f"expected --proj 0 with --cell {args.cell} (projection is an LSTMP option), got --proj {args.proj}")
     return args
+
+
+def trainable(split, args, hop_ms: float) -> list:
+    """Indices of the utterances of ``split`` to train on: CTC needs at least one output frame per
+    label (plus a blank between repeats), and none longer than ``--max-train-seconds``."""
+    need = [len(lab) + sum(a == b for a, b in zip(lab, lab[1:])) for lab in split.labels]
+    frames_out = [int(output_lengths(len(f), args.stack)) for f in split.feats]
+    max_frames = args.max_train_seconds * 1000.0 / hop_ms
+    ok = [i for i, (n, t, f) in enumerate(zip(need, frames_out, split.feats)) if 0 < n <= t and len(f) <= max_frames]
+    if not ok:
+        raise DatasetError(
+            f"expected training utterances of at most {args.max_train_seconds} s with at least one output frame "
+            f"per character, got none of {len(need)}"
+        )
+    return ok
 
 
 def load_corpus(args):
@@ -103,30 +127,25 @@ def run(args):
     feats, cached = S.compute_features(everything, fcfg, cache_dir=args.cache, progress=not args.no_progress)
     offsets = np.cumsum([0] + [len(splits[s]) for s in S.SPLITS])
     raw = {s: feats[a:b] for s, a, b in zip(S.SPLITS, offsets[:-1], offsets[1:])}
-    if args.norm == "global":
+    if args.norm == "global":  # the statistics of the training audio as recorded
         stacked = np.concatenate(raw["train"])
         mean, std = stacked.mean(0), stacked.std(0)
-        norm = {s: [F.normalize(f, mean, std) for f in v] for s, v in raw.items()}
     else:
-        norm = {s: [F.normalize(f) for f in v] for s, v in raw.items()}
+        mean = std = None  # each utterance its own
+    normalize = lambda fs: [F.normalize(f, mean, std) for f in fs]  # noqa: E731
+    norm = {s: normalize(v) for s, v in raw.items()}
     texts = {s: [c.text for c in splits[s]] for s in S.SPLITS}
     vocab = S.Vocab(texts["train"])
     data = {s: ST.make_split(norm[s], texts[s], vocab, fcfg.hop_ms) for s in S.SPLITS}
-    # CTC needs at least one output frame per label (plus a blank between repeats)
-    need = [len(lab) + sum(a == b for a, b in zip(lab, lab[1:])) for lab in data["train"].labels]
-    frames_out = [int(output_lengths(len(f), args.stack)) for f in data["train"].feats]
-    max_frames = args.max_train_seconds * 1000.0 / fcfg.hop_ms
-    ok = [
-        i
-        for i, (n, t, f) in enumerate(zip(need, frames_out, data["train"].feats))
-        if 0 < n <= t and len(f) <= max_frames
-    ]
-    if not ok:
-        raise DatasetError(
-            f"expected training utterances of at most {args.max_train_seconds} s with at least one output frame "
-            f"per character, got none of {len(need)}"
-        )
+    ok = trainable(data["train"], args, fcfg.hop_ms)
     train = ST.Split(*[[x[i] for i in ok] for x in data["train"][:3]], data["train"].seconds[ok])
+    as_recorded = train  # the training utterances as recorded (the LM's text, the training CER)
+    for speed in args.speed_perturb:  # one more copy of the training set at each speed
+        fs, _ = S.compute_features(splits["train"], fcfg._replace(speed=speed), cache_dir=args.cache)
+        copy = ST.make_split(normalize(fs), texts["train"], vocab, fcfg.hop_ms)
+        keep = trainable(copy, args, fcfg.hop_ms)
+        lists = [a + [x[i] for i in keep] for a, x in zip(train[:3], copy[:3])]
+        train = ST.Split(*lists, np.concatenate([train.seconds, copy.seconds[keep]]))
     max_labels = max(len(lab) for s in S.SPLITS for lab in data[s].labels) or 1
     buckets = S.make_buckets([len(f) for f in train.feats], args.buckets, args.stack, min_size=args.batch_size)
     longest = -(-max(len(f) for s in S.SPLITS for f in data[s].feats) // args.stack) * args.stack
@@ -141,6 +160,7 @@ def run(args):
         features=f"{args.n_mels} log-mel, 25 ms window, 10 ms hop, {args.norm} normalisation, {args.stack} frames stacked",
         n_utterances={s: len(splits[s]) for s in S.SPLITS},
         n_train_used=len(ok),
+        n_train_with_speeds=len(train.texts),
         hours=hours,
         n_speakers=len({c.speaker for s in S.SPLITS for c in splits[s]}),
         groups={s: sorted({c.group for c in splits[s]}) for s in S.SPLITS},
@@ -181,8 +201,8 @@ def run(args):
     res.extra["selected"] = loop.selected  # the dev-best evaluation: its update, and whether the average
     res.extra["n_params"] = seqmodel.count_params(loop.params)
     post = lambda split: ST.log_posteriors(forward, loop.params, split, eval_lengths, args.batch_size, max_labels)  # noqa: E731
-    sub = np.random.default_rng(0).permutation(len(train.texts))[: len(data["dev"].texts)]
-    train_eval = ST.Split(*[[x[i] for i in sub] for x in train[:3]], train.seconds[sub])
+    sub = np.random.default_rng(0).permutation(len(as_recorded.texts))[: len(data["dev"].texts)]
+    train_eval = ST.Split(*[[x[i] for i in sub] for x in as_recorded[:3]], as_recorded.seconds[sub])
     decoded = {}
     for split, tag in (("train", "train"), ("dev", "val"), ("test", "test")):
         d = train_eval if split == "train" else data[split]
@@ -192,7 +212,7 @@ def run(args):
         res.add(name, "greedy", "wer", tag, M.wer(d.texts, decoded[split]["greedy"]))
 
     # ---- prefix beam search, without and with the character LM (weights tuned on dev)
-    lm = CharNgramLM.train(train.texts, order=args.lm_order, smoothing=args.lm_smoothing)
+    lm = CharNgramLM.train(as_recorded.texts, order=args.lm_order, smoothing=args.lm_smoothing)
     with ST.Decoder(vocab, lm, workers=args.decode_workers) as decoder:
         best, grid, dev_lm_texts = ST.tune_lm(
             decoded["dev"]["log_probs"], texts["dev"], decoder, args.lm_weights, args.bonuses, beam=args.beam
@@ -215,7 +235,7 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_samples(out / "samples.txt", texts["test"], decoded["test"], args.samples)
-    save_posteriors(out / "posteriors.npz", decoded, texts, vocab, train.texts)
+    save_posteriors(out / "posteriors.npz", decoded, texts, vocab, as_recorded.texts)
     pick = int(np.argsort(data["test"].seconds)[len(data["test"].seconds) // 2])
     results.finish(
         res,

@@ -56,6 +56,21 @@ def test_log_mel_energy_of_a_sine_peaks_in_the_band_whose_centre_is_nearest(freq
     assert int(np.argmax(feats.mean(0))) == int(np.argmin(np.abs(centres - freq)))
 
 
+@pytest.mark.parametrize("factor", [0.9, 1.1, 0.73])
+def test_change_speed_is_scipys_fourier_resampling_and_scales_a_tones_pitch(factor):
+    rate = 8000
+    wave = np.random.default_rng(0).normal(size=4001)
+    fast = F.change_speed(wave, factor)
+    np.testing.assert_allclose(fast, scipy.signal.resample(wave, round(len(wave) / factor)), atol=1e-9)
+    tone = np.sin(2 * np.pi * 440.0 * np.arange(rate) / rate)  # 1 s at 440 Hz
+    out = F.change_speed(tone, factor)
+    peak = np.fft.rfftfreq(len(out), 1.0 / rate)[np.argmax(np.abs(np.fft.rfft(out)))]
+    assert len(out) == round(rate / factor) and abs(peak - 440.0 * factor) <= rate / len(out)
+    np.testing.assert_array_equal(F.change_speed(wave, 1.0), wave)
+    with pytest.raises(ValueError, match="speed factor > 0"):
+        F.change_speed(wave, 0.0)
+
+
 def test_frame_signal_and_normalize():
     frames = F.frame_signal(np.arange(10), 4, 3)
     np.testing.assert_array_equal(frames, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lstm_jax.datasets import DatasetError
+from lstm_jax.speech import features as F
 from lstm_jax.speech import metrics as M
 from lstm_jax.speech.ctc import ctc_loss
 from lstm_jax.speech.model import AcousticConfig, acoustic_logits, init_acoustic_model, make_ctc_loss
@@ -135,6 +136,11 @@ def test_feature_cache_round_trip(tmp_path):
         np.testing.assert_array_equal(x, y)
     wave, sr = S.load_audio(clips[0].audio)
     assert first[0].shape == (1 + (len(wave) - 200) // 80, 20)
+    # speed perturbation: features of the audio played 1.1 times as fast, cached under their own key
+    fast, cached3 = S.compute_features(clips, cfg._replace(speed=1.1), cache_dir=tmp_path / "cache")
+    want = F.log_mel(F.change_speed(wave, 1.1), sr, n_mels=20)
+    assert not cached3 and fast[0].shape == want.shape and fast[0].shape[0] < first[0].shape[0]
+    np.testing.assert_allclose(fast[0], want, atol=1e-5)
 
 
 def _brute_force_padding(frames, n_buckets, multiple, min_size):
@@ -221,12 +227,14 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
     corpus = _write_corpus(tmp_path, 16, split_column=True)
     out = tmp_path / "out"
     with cli.fast_compile():
-        _script().main(
-            ["--quick", "--no-progress", "--manifest", str(corpus), "--out", str(out), "--cache", str(tmp_path / "c")]
-        )
+        argv = ["--quick", "--no-progress", "--manifest", str(corpus), "--out", str(out)]
+        argv += ["--cache", str(tmp_path / "c")]
+        _script().main([*argv, "--speed-perturb", "0.9,1.1"])
     data = results.load_metrics(out / "metrics.json")
     assert data["config"]["normalisation"] == S.NORMALISATION
     assert data["config"]["n_utterances"] == {"train": 8, "dev": 4, "test": 4}
+    # two more copies of the training audio, at 0.9 and 1.1 times its speed (all long enough here)
+    assert data["config"]["n_train_with_speeds"] == 3 * data["config"]["n_train_used"] == 24
     rows = {(r["model"], r["metric"], r["split"]): r["value"] for r in data["results"]}
     lm_model = f"beam_lm{data['config']['lm_order']}"
     for model in ("empty", "spaces", "median_sentence", "greedy", "beam", lm_model):

@@ -24,6 +24,7 @@ __all__ = [
     "mel_to_hz",
     "mel_filterbank",
     "frame_signal",
+    "change_speed",
     "log_mel",
     "normalize",
     "stack_frames",
@@ -79,6 +80,32 @@ def frame_signal(wave, frame_length: int, hop: int):
     n_frames = 1 + (len(wave) - frame_length) // hop
     idx = np.arange(frame_length)[None, :] + hop * np.arange(n_frames)[:, None]
     return wave[idx]
+
+
+def change_speed(wave, factor: float) -> np.ndarray:
+    """``wave`` played ``factor`` times as fast at the same sample rate (tempo and pitch both scale,
+    as ``sox speed`` does; Ko et al. 2015's speed perturbation): band-limited resampling to
+    ``round(n / factor)`` samples through the FFT (zero-padded or truncated spectrum, so a speed-up
+    drops what would fold above the new Nyquist frequency).
+
+    >>> change_speed(np.ones(100), 0.5).shape
+    (200,)
+    """
+    wave = np.asarray(wave, np.float64)
+    if wave.ndim != 1:
+        raise ValueError(f"expected a mono signal [n], got shape {wave.shape}")
+    if not factor > 0:
+        raise ValueError(f"expected a speed factor > 0, got {factor}")
+    n, m = len(wave), max(1, int(round(len(wave) / factor)))
+    if m == n:
+        return wave.copy()
+    spec = np.fft.rfft(wave)
+    keep = min(len(spec), m // 2 + 1)
+    out = np.zeros(m // 2 + 1, complex)
+    out[:keep] = spec[:keep]
+    if m % 2 == 0 and keep == m // 2 + 1 and m < n:  # the new Nyquist bin holds both halves' share
+        out[-1] = out[-1].real
+    return np.fft.irfft(out, m) * (m / n)
 
 
 def log_mel(

@@ -132,11 +132,13 @@ def split_clips(clips: Sequence[Clip], *, fractions=(0.8, 0.1, 0.1), seed: int =
 
 
 class FeatureConfig(NamedTuple):
-    """Log-mel settings (part of the feature cache key)."""
+    """Log-mel settings (part of the feature cache key); ``speed``: the audio played that many
+    times as fast first (``features.change_speed``: speed perturbation of training data)."""
 
     n_mels: int = 80
     win_ms: float = 25.0
     hop_ms: float = 10.0
+    speed: float = 1.0
 
 
 def load_audio(path) -> tuple[np.ndarray, int]:
@@ -151,7 +153,10 @@ def load_audio(path) -> tuple[np.ndarray, int]:
 
 
 def _cache_key(clips: Sequence[Clip], config: FeatureConfig) -> str:
-    h = hashlib.sha1(json.dumps(config._asdict(), sort_keys=True).encode())
+    settings = config._asdict()
+    if settings["speed"] == 1.0:
+        del settings["speed"]  # the key of a cache written before speed perturbation existed
+    h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
     for c in clips:
         st = Path(c.audio).stat()
         h.update(f"{c.audio}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -178,6 +183,8 @@ def compute_features(
     feats = []
     for c in progress_bar(clips, desc="log-mel", disable=not progress):
         wave, rate = load_audio(c.audio)
+        if config.speed != 1.0:
+            wave = F.change_speed(wave, config.speed)
         feats.append(F.log_mel(wave, rate, n_mels=config.n_mels, win_ms=config.win_ms, hop_ms=config.hop_ms))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
