@@ -126,11 +126,11 @@ struct ForwardArgs {
 
 // The gate update of n units of one row: g its block of the product (gate q of unit u at
 // q * VL + u), z the bias, c the cell state (updated); writes h, y, h * mask and, with kStore, the
-// activations (gate q at q * H) and the new cell state. kN > 0: n = kN known at compile time (a
+// activations (gate q at q * ha) and the new cell state. kN > 0: n = kN known at compile time (a
 // whole panel: one straight run of vector code, no remainder loop).
 template <bool kStore, int kN>
-inline void update_units(int64_t n, int64_t H, const float* g, const float* z, const float* m, float* c, float* h,
-                         float* y, float* hn_m, float* act, float* c_st) {
+inline void update_units(int64_t n, int64_t H, int64_t ha, const float* g, const float* z, const float* m, float* c,
+                         float* h, float* y, float* hn_m, float* act, float* c_st) {
   const int64_t units = kN > 0 ? kN : n;
 #pragma omp simd
   for (int64_t u = 0; u < units; ++u) {
@@ -144,9 +144,9 @@ inline void update_units(int64_t n, int64_t H, const float* g, const float* z, c
     hn_m[u] = hv * m[u];
     if constexpr (kStore) {
       act[u] = ig;
-      act[H + u] = fg;
-      act[2 * H + u] = gg;
-      act[3 * H + u] = og;
+      act[ha + u] = fg;
+      act[2 * ha + u] = gg;
+      act[3 * ha + u] = og;
       c_st[u] = cn;
     }
   }
@@ -172,12 +172,19 @@ inline void gate_update(const Dims& d, const ForwardArgs& a, int64_t t, int64_t 
         std::copy(c, c + jn, c_st);
       }
       std::copy(cur + b * H + j0, cur + b * H + j0 + jn, hn_m);
+    } else if (jn == FW_U && kStore && streamable(act) && streamable(c_st) && H % VL == 0) {
+      alignas(64) float st[5 * FW_U];  // the 4 gates' activations and the cell state, streamed out
+      update_units<kStore, FW_U>(jn, H, FW_U, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, st,
+                                 st + 4 * FW_U);
+      for (int q = 0; q < 4; ++q) stream_store(act + q * H, st + q * FW_U, FW_U);
+      stream_store(c_st, st + 4 * FW_U, FW_U);
     } else if (jn == FW_U) {
-      update_units<kStore, FW_U>(jn, H, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, act, c_st);
+      update_units<kStore, FW_U>(jn, H, H, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, act, c_st);
     } else {
-      update_units<kStore, 0>(jn, H, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, act, c_st);
+      update_units<kStore, 0>(jn, H, H, prod + b * FW_W, a.b + j0, a.mask + b * H + j0, c, h, y, hn_m, act, c_st);
     }
   }
+  if constexpr (kStore) stream_fence();
 }
 
 // One forward problem: per step t and panel, the product [x_t | h * mask] [W_x; W_h] of all rows

@@ -7,6 +7,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace lstm_jax_cpu {
 
@@ -57,6 +60,26 @@ inline void advise_huge(void* p, size_t bytes) {
   uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
   uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+}
+
+// dst[0:n] = src[0:n] (both aligned to a vector, n a multiple of VL) with non-temporal stores: for
+// what the kernel writes once and reads back only in another call (the stored activations, some
+// 100 MB at t = 256, b = 64, h = 256), a plain store would first read each line it fills.
+// stream_fence() orders them before the per-step barrier that publishes them.
+inline void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+inline bool streamable(const void* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(vf) == 0; }
+inline void stream_store(float* dst, const float* src, int64_t n) {
+#if defined(__AVX512F__)
+  for (int64_t i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_load_ps(src + i));
+#elif defined(__AVX__)
+  for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_load_ps(src + i));
+#else
+  std::memcpy(dst, src, n * sizeof(float));
+#endif
 }
 
 // acc[r][v] += sum_k A[r * lda + k] * P[k * NV * VL + v * VL : ...] for r < MR, k < K.
