@@ -13,8 +13,8 @@ Contenders per config ``(B, T, D, H, layers)``: torch ``nn.LSTM(num_layers=L)`` 
 ``auto``). A forward pass is the network's outputs; a train step is
 value and gradient of a mean-squared loss of the outputs, then an Adam update. All contenders of
 a config are compiled and warmed first, then timed interleaved (every contender once per round,
-in a new random order each round), ``--reps`` rounds; medians. float32. Writes ``DIR/cpu_speed.json`` and ``DIR/cpu_speed.md``
-(ms, and each of ours as a speed ratio to torch and to flax: > 1 is faster).
+in a new random order each round), ``--reps`` rounds; medians. float32. Writes
+``DIR/cpu_speed.json`` and ``DIR/cpu_speed.md`` (ms, and each of ours as a speed ratio to torch and to flax: > 1 is faster).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Building and loading the CPU kernel of ``impl="cpu_kernel"`` (``csrc/lstm_cpu.cc``).
 
 The kernel is C++ against XLA's FFI headers (``jax.ffi.include_dir()``, shipped with jaxlib),
-with its own GEMM (no BLAS library) and its own team of threads (no OpenMP runtime). It is compiled with the system ``g++`` (or
-``$CXX``) the first time it is needed -- or ahead of time with
-``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
+with its own GEMM (no BLAS library), run on XLA's own intra-op threads (no OpenMP runtime). It
+is compiled with the system ``g++`` (or ``$CXX``) the first time it is needed -- or ahead of
+time with ``python -m lstm_jax.backends.cpu_build`` -- for this machine (``-march=native``), into a cache
 folder (``$LSTM_JAX_CACHE``, default ``~/.cache/lstm_jax``) keyed by the sources (``csrc/*.cc``
 and ``*.h``), the flags, jaxlib's version, the compiler and this CPU's model and instruction-set
 flags (so a home folder shared by different machines never loads a build made for another

@@ -9,12 +9,12 @@ Per layer and direction (time-major ``[t, b, .]`` inside):
    register's width of hidden units x 4 gates) with ``+ b``, the gate nonlinearities and the state
    update applied to each panel's block of the product while it is in cache (panels split across
    XLA's own intra-op threads within a step when the step is large enough: ``csrc/thread_pool.h``);
-   lengths are masked inside (frozen
-   carry, zero outputs), and with lengths the rows are sorted longest first on the way in (and
-   back on the way out), so each step's GEMM runs over the rows still inside their sequences only:
-   a padded batch pays for its valid steps, as a packed one would;
+   lengths are masked inside (frozen carry, zero outputs), and with lengths the rows are sorted
+   longest first on the way in (and back on the way out), so each step's GEMM runs over the rows
+   still inside their sequences only: a padded batch pays for its valid steps, as a packed one
+   would;
 2. under a ``jax.custom_vjp`` the training forward also stores the gate activations and cell
-   states; the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
+   states (non-temporal stores: only the backward call reads them back); the backward kernel runs the reverse-time loop (per step the ``dz_t W_h^T`` GEMM over
    packed panels of ``W_h^T``, split along ``4h`` in chunks that stay in L1, each panel's block
    followed at once by the gate derivatives of step ``t - 1``), writing ``dz`` over the stored
    activations; then a third kernel computes ``[dW_x; dW_h] = [X | H_prev]^T dz`` (``H_prev`` the
