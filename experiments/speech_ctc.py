@@ -57,7 +57,7 @@ def parse(argv):
         default="float32",
         help="LSTM matmul dtype; bfloat16: mixed precision (float32 state and gates)",
     )
-    p.add_argument("--updates", type=int, default=2800, help="training budget in updates")
+    p.add_argument("--updates", type=int, default=4200, help="training budget in updates")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--buckets", type=int, default=8, help="duration buckets (compiled shapes), least padding")
@@ -141,7 +141,8 @@ def run(args):
     train = ST.Split(*[[x[i] for i in ok] for x in data["train"][:3]], data["train"].seconds[ok])
     as_recorded = train  # the training utterances as recorded (the LM's text, the training CER)
     for speed in args.speed_perturb:  # one more copy of the training set at each speed
-        fs, _ = S.compute_features(splits["train"], fcfg._replace(speed=speed), cache_dir=args.cache)
+        fcfg_s = fcfg._replace(speed=speed)
+        fs, _ = S.compute_features(splits["train"], fcfg_s, cache_dir=args.cache, progress=not args.no_progress)
         copy = ST.make_split(normalize(fs), texts["train"], vocab, fcfg.hop_ms)
         keep = trainable(copy, args, fcfg.hop_ms)
         lists = [a + [x[i] for i in keep] for a, x in zip(train[:3], copy[:3])]
