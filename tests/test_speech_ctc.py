@@ -260,6 +260,10 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
 def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):
     code = cli.run_main(_script().main, ["--quick", "--manifest", str(tmp_path / "none.tsv"), "--out", str(tmp_path)])
     assert code == 2 and "expected an existing manifest" in capsys.readouterr().err
+    for bad in ("1.0", "0.9,3"):  # the recorded speed is always used; factors past 2x are refused
+        with pytest.raises(SystemExit) as exit_info:
+            _script().parse(["--speed-perturb", bad])
+        assert exit_info.value.code == 2 and "expected --speed-perturb factors in [0.5, 2]" in capsys.readouterr().err
 
 
 def test_decoder_processes_give_the_texts_of_the_serial_search():
