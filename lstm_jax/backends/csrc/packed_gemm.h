@@ -82,8 +82,9 @@ inline void stream_store(float* dst, const float* src, int64_t n) {
 #endif
 }
 
-// acc[r][v] += sum_k A[r * lda + k] * P[k * NV * VL + v * VL : ...] for r < MR, k < K.
-template <int NV, int MR>
+// acc[r][v] += sum_k A[r, k] * P[k * NV * VL + v * VL : ...] for r < MR, k < K, where A[r, k] is
+// A[r * lda + k] (rows of a matrix), or with kPacked A[k * MR + r] (a micro-panel packed k-major).
+template <int NV, int MR, bool kPacked = false>
 __attribute__((always_inline)) inline void accumulate(vf (&acc)[MR][NV], const float* A, int64_t lda, const float* P,
                                                       int64_t K) {
   for (int64_t k = 0; k < K; ++k) {
@@ -91,7 +92,7 @@ __attribute__((always_inline)) inline void accumulate(vf (&acc)[MR][NV], const f
     vf b[NV];
     for (int v = 0; v < NV; ++v) b[v] = p[v];
     for (int r = 0; r < MR; ++r) {
-      const float a = A[r * lda + k];
+      const float a = kPacked ? A[k * MR + r] : A[r * lda + k];
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }

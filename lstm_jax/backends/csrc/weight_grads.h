@@ -67,21 +67,6 @@ inline void pack_inputs(const WeightGradArgs& a, int64_t r0, int64_t kc, int64_t
   }
 }
 
-// a[k][r] packed k-major (MR floats per k) times the panel p[k][NV * VL], added to acc.
-template <int NV, int MR>
-__attribute__((always_inline)) inline void accumulate_packed(vf (&acc)[MR][NV], const float* a, const float* p,
-                                                             int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
-    const vf* pk = reinterpret_cast<const vf*>(p + k * NV * VL);
-    vf bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = pk[v];
-    for (int r = 0; r < MR; ++r) {
-      const float x = a[k * MR + r];
-      for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
-    }
-  }
-}
-
 // out[r * ldo + 0 : NV * VL] += a^T p for the rows r < rows (<= MR) of one micro-panel.
 template <int NV, int MR>
 inline void micro_packed(int rows, const float* a, const float* p, int64_t K, float* out, int64_t ldo) {
@@ -91,7 +76,7 @@ inline void micro_packed(int rows, const float* a, const float* p, int64_t K, fl
       acc[r][v] = vf{};
       if (r < rows) std::memcpy(&acc[r][v], out + r * ldo + v * VL, sizeof(vf));
     }
-  accumulate_packed<NV, MR>(acc, a, p, K);
+  accumulate<NV, MR, true>(acc, a, 0, p, K);  // a: one micro-panel packed k-major
   for (int r = 0; r < rows; ++r)
     for (int v = 0; v < NV; ++v) std::memcpy(out + r * ldo + v * VL, &acc[r][v], sizeof(vf));
 }
