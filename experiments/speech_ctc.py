@@ -137,16 +137,13 @@ def run(args):
     texts = {s: [c.text for c in splits[s]] for s in S.SPLITS}
     vocab = S.Vocab(texts["train"])
     data = {s: ST.make_split(norm[s], texts[s], vocab, fcfg.hop_ms) for s in S.SPLITS}
-    ok = trainable(data["train"], args, fcfg.hop_ms)
-    train = ST.Split(*[[x[i] for i in ok] for x in data["train"][:3]], data["train"].seconds[ok])
-    as_recorded = train  # the training utterances as recorded (the LM's text, the training CER)
-    for speed in args.speed_perturb:  # one more copy of the training set at each speed
+    # the training utterances as recorded (the LM's text, the training CER), then one more copy at each speed
+    train = as_recorded = ST.take(data["train"], trainable(data["train"], args, fcfg.hop_ms))
+    for speed in args.speed_perturb:
         fcfg_s = fcfg._replace(speed=speed)
         fs, _ = S.compute_features(splits["train"], fcfg_s, cache_dir=args.cache, progress=not args.no_progress)
         copy = ST.make_split(normalize(fs), texts["train"], vocab, fcfg.hop_ms)
-        keep = trainable(copy, args, fcfg.hop_ms)
-        lists = [a + [x[i] for i in keep] for a, x in zip(train[:3], copy[:3])]
-        train = ST.Split(*lists, np.concatenate([train.seconds, copy.seconds[keep]]))
+        train = ST.concat(train, ST.take(copy, trainable(copy, args, fcfg.hop_ms)))
     max_labels = max(len(lab) for s in S.SPLITS for lab in data[s].labels) or 1
     buckets = S.make_buckets([len(f) for f in train.feats], args.buckets, args.stack, min_size=args.batch_size)
     longest = -(-max(len(f) for s in S.SPLITS for f in data[s].feats) // args.stack) * args.stack
@@ -160,7 +157,7 @@ def run(args):
         normalisation=S.NORMALISATION,
         features=f"{args.n_mels} log-mel, 25 ms window, 10 ms hop, {args.norm} normalisation, {args.stack} frames stacked",
         n_utterances={s: len(splits[s]) for s in S.SPLITS},
-        n_train_used=len(ok),
+        n_train_used=len(as_recorded.texts),
         n_train_with_speeds=len(train.texts),
         hours=hours,
         n_speakers=len({c.speaker for s in S.SPLITS for c in splits[s]}),
@@ -203,7 +200,7 @@ def run(args):
     res.extra["n_params"] = seqmodel.count_params(loop.params)
     post = lambda split: ST.log_posteriors(forward, loop.params, split, eval_lengths, args.batch_size, max_labels)  # noqa: E731
     sub = np.random.default_rng(0).permutation(len(as_recorded.texts))[: len(data["dev"].texts)]
-    train_eval = ST.Split(*[[x[i] for i in sub] for x in as_recorded[:3]], as_recorded.seconds[sub])
+    train_eval = ST.take(as_recorded, sub)
     decoded = {}
     for split, tag in (("train", "train"), ("dev", "val"), ("test", "test")):
         d = train_eval if split == "train" else data[split]
@@ -249,7 +246,7 @@ def run(args):
                 raw["test"][pick], decoded["test"], pick, texts["test"][pick], vocab, path
             )
         },
-        header=f"{name}: {len(ok)} train / {len(texts['dev'])} dev / {len(texts['test'])} test utterances "
+        header=f"{name}: {len(as_recorded.texts)} train / {len(texts['dev'])} dev / {len(texts['test'])} test utterances "
         f"({hours['train']:.2f} / {hours['dev']:.2f} / {hours['test']:.2f} h), {vocab.size - 1} characters; "
         f"bidirectional {args.cell} {args.layers}x{args.hidden}, {loop.steps} updates; LM weight {best['lm_weight']}, bonus {best['insertion_bonus']}",
     )

@@ -22,6 +22,8 @@ from lstm_jax.tasks.speech import Buckets, Vocab
 __all__ = [
     "Split",
     "make_split",
+    "take",
+    "concat",
     "pad_batch",
     "make_sampler",
     "log_posteriors",
@@ -46,6 +48,18 @@ def make_split(feats: Sequence[np.ndarray], texts: Sequence[str], vocab: Vocab, 
     return Split(
         list(feats), list(texts), [vocab.encode(t) for t in texts], np.array([len(f) * hop_ms / 1000.0 for f in feats])
     )
+
+
+def take(split: Split, idx: Sequence[int]) -> Split:
+    """The utterances ``idx`` of ``split``, in that order."""
+    pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+    return Split(pick(split.feats), pick(split.texts), pick(split.labels), split.seconds[np.asarray(idx, int)])
+
+
+def concat(first: Split, second: Split) -> Split:
+    """The utterances of ``first``, then those of ``second``."""
+    seconds = np.concatenate([first.seconds, second.seconds])
+    return Split(first.feats + second.feats, first.texts + second.texts, first.labels + second.labels, seconds)
 
 
 def _bucket_of(n_frames: int, lengths: Sequence[int]) -> int:
