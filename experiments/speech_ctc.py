@@ -5,6 +5,7 @@ and greedy / prefix beam search decoding with a character n-gram LM, against tri
     python experiments/speech_ctc.py --language nl            # the Dutch dialogs
     python experiments/speech_ctc.py --manifest corpus.tsv    # your own: audio<TAB>text[<TAB>speaker[<TAB>split]]
     python experiments/speech_ctc.py --quick --manifest corpus.tsv
+    python experiments/speech_ctc.py --language nl --init-from results/speech_ctc   # start from a Czech run
 
 Data: Debian ``fillets-ng-data`` + ``fillets-ng-data-cs`` / ``-nl`` (split by game level), or a
 TSV manifest of WAV/Ogg/FLAC files (read with ``soundfile``). Features are cached in ``--cache``.
@@ -21,11 +22,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from lstm_jax.checkpoint import CheckpointStore
 from lstm_jax.datasets import DatasetError
 from lstm_jax.speech import features as F
 from lstm_jax.speech import metrics as M
 from lstm_jax.speech.lm import SMOOTHING, CharNgramLM
-from lstm_jax.speech.model import AcousticConfig, init_acoustic_model, output_lengths
+from lstm_jax.speech.model import AcousticConfig, init_acoustic_model, map_classes, output_lengths
 from lstm_jax.tasks import cli, fillets, results, seqmodel
 from lstm_jax.tasks import speech as S
 from lstm_jax.tasks import speech_train as ST
@@ -39,6 +41,13 @@ def parse(argv):
     p.add_argument("--manifest", help="TSV: audio path, transcript, optional speaker and split columns")
     p.add_argument("--cache", default=str(Path("results") / "cache" / "speech_ctc"), help="feature cache folder")
     p.add_argument("--n-mels", type=int, default=80)
+    p.add_argument("--fmax", type=float, default=8000.0, help="top of the mel filters in Hz")
+    p.add_argument(
+        "--highpass-ms",
+        type=float,
+        default=0.0,
+        help="also feed each band minus its moving average over this many ms (0: log-mel only)",
+    )
     p.add_argument("--norm", choices=("global", "utterance"), default="global", help="feature normalisation")
     p.add_argument("--stack", type=int, default=3, help="frames stacked and subsampled")
     p.add_argument(
@@ -46,6 +55,10 @@ def parse(argv):
         type=_floats,
         default=[],
         help="also train on copies of the training audio played at these speeds, e.g. 0.9,1.1 (default: none)",
+    )
+    p.add_argument(
+        "--init-from",
+        help="start from the model of an earlier run (its --out folder): same architecture, head mapped by character",
     )
     p.add_argument("--hidden", type=int, default=256, help="LSTM units per direction")
     p.add_argument("--layers", type=int, default=3)
@@ -82,6 +95,8 @@ def parse(argv):
     if any(not 0.5 <= f <= 2.0 or f == 1.0 for f in args.speed_perturb):
         want = "factors in [0.5, 2] other than 1 (the recorded audio is always used)"
         p.error(f"expected --speed-perturb {want}, got {args.speed_perturb}")
+    if args.highpass_ms < 0 or not args.fmax > 0:
+        p.error(f"expected --highpass-ms >= 0 and --fmax > 0, got {args.highpass_ms} and {args.fmax}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"expected --ema in [0, 1), got {args.ema}")
     if args.decode_workers < 1:
@@ -106,6 +121,47 @@ def trainable(split, args, hop_ms: float) -> list:
     return ok
 
 
+def feature_config(args) -> S.FeatureConfig:
+    return S.FeatureConfig(n_mels=args.n_mels, fmax=args.fmax, highpass_ms=args.highpass_ms)
+
+
+def init_model(args, n_classes: int):
+    return init_acoustic_model(
+        jax.random.key(args.seed),
+        feature_config(args).n_features,
+        args.hidden,
+        n_classes,
+        stack=args.stack,
+        num_layers=args.layers,
+        proj_size=args.proj,
+        cell=args.cell,
+    )
+
+
+ARCHITECTURE = ("n_mels", "highpass_ms", "stack", "hidden", "layers", "proj", "cell")
+EARLIER = {"highpass_ms": 0.0}  # the value of a setting in runs from before it existed
+
+
+def transfer(args, fresh, vocab):
+    """``fresh`` with the layers of the run in ``--init-from`` and its head mapped by character
+    (``map_classes``); returns ``(params, classes mapped)``."""
+    folder = Path(args.init_from)
+    folder = folder / "checkpoint" if (folder / "checkpoint").is_dir() else folder
+    store = CheckpointStore(folder)
+    step = store.latest_step()
+    if step is None:
+        raise DatasetError(f"expected --init-from to be the --out folder of a speech_ctc run, got {str(folder)!r}")
+    meta = store.read_meta(step)["user"]
+    saved = meta.get("config", {})
+    got = {k: saved.get(k, EARLIER.get(k)) for k in ARCHITECTURE}
+    if "vocab" not in meta or any(got[k] != getattr(args, k) for k in ARCHITECTURE):
+        want = {k: getattr(args, k) for k in ARCHITECTURE}
+        raise cli.UsageError(f"expected --init-from a speech_ctc model with {want}, got {got} in {folder}")
+    like = init_model(args, len(meta["vocab"]) + 1)
+    source, _ = store.restore(like, step=step)
+    return map_classes(source, fresh, [""] + list(meta["vocab"]), vocab.symbols)
+
+
 def load_corpus(args):
     clips = S.read_manifest(args.manifest) if args.manifest else fillets.load_fillets(args.language)
     clips = [c._replace(text=S.normalize_text(c.text)) for c in clips]
@@ -122,7 +178,7 @@ def run(args):
     splits = load_corpus(args)
     if args.quick:  # a slice of each split: the quick run must not wait for a whole corpus
         splits = {s: v[: 64 if s == "train" else 16] for s, v in splits.items()}
-    fcfg = S.FeatureConfig(n_mels=args.n_mels)
+    fcfg = feature_config(args)
     everything = [c for s in S.SPLITS for c in splits[s]]
     feats, cached = S.compute_features(everything, fcfg, cache_dir=args.cache, progress=not args.no_progress)
     offsets = np.cumsum([0] + [len(splits[s]) for s in S.SPLITS])
@@ -155,7 +211,9 @@ def run(args):
         vars(args),
         dataset=name,
         normalisation=S.NORMALISATION,
-        features=f"{args.n_mels} log-mel, 25 ms window, 10 ms hop, {args.norm} normalisation, {args.stack} frames stacked",
+        features=f"{args.n_mels} log-mel, 25 ms window, 10 ms hop, up to {args.fmax:g} Hz"
+        + (f", with their {args.highpass_ms:g} ms temporal high-pass" if args.highpass_ms else "")
+        + f", {args.norm} normalisation, {args.stack} frames stacked",
         n_utterances={s: len(splits[s]) for s in S.SPLITS},
         n_train_used=len(as_recorded.texts),
         n_train_with_speeds=len(train.texts),
@@ -179,16 +237,9 @@ def run(args):
     # ---- the acoustic model
     compute_dtype = None if args.compute_dtype == "float32" else args.compute_dtype
     acfg = AcousticConfig(stack=args.stack, dropout=args.dropout, impl=args.impl, compute_dtype=compute_dtype)
-    params = init_acoustic_model(
-        jax.random.key(args.seed),
-        args.n_mels,
-        args.hidden,
-        vocab.size,
-        stack=args.stack,
-        num_layers=args.layers,
-        proj_size=args.proj,
-        cell=args.cell,
-    )
+    params = init_model(args, vocab.size)
+    if args.init_from:
+        params, res.extra["init_classes_mapped"] = transfer(args, params, vocab)
     loop, forward = ST.train_ctc(
         params, acfg, train, data["dev"], buckets, vocab, steps=args.updates, batch_size=args.batch_size, lr=args.lr,
         seed=args.seed, eval_every=args.eval_every, max_labels=max_labels, progress=not args.no_progress,
@@ -243,7 +294,7 @@ def run(args):
         meta={"vocab": vocab.chars, "n_mels": args.n_mels, "stack": args.stack},
         figures={
             "speech_ctc.png": lambda path: plot(
-                raw["test"][pick], decoded["test"], pick, texts["test"][pick], vocab, path
+                raw["test"][pick][:, : args.n_mels], decoded["test"], pick, texts["test"][pick], vocab, path
             )
         },
         header=f"{name}: {len(as_recorded.texts)} train / {len(texts['dev'])} dev / {len(texts['test'])} test utterances "

@@ -18,7 +18,7 @@ from lstm_jax.datasets import DatasetError
 from lstm_jax.speech import features as F
 from lstm_jax.speech import metrics as M
 from lstm_jax.speech.ctc import ctc_loss
-from lstm_jax.speech.model import AcousticConfig, acoustic_logits, init_acoustic_model, make_ctc_loss
+from lstm_jax.speech.model import AcousticConfig, acoustic_logits, init_acoustic_model, make_ctc_loss, map_classes
 from lstm_jax.tasks import cli, fillets, results
 from lstm_jax.tasks import speech as S
 from lstm_jax.tasks import speech_train as ST
@@ -141,6 +141,32 @@ def test_feature_cache_round_trip(tmp_path):
     want = F.log_mel(F.change_speed(wave, 1.1), sr, n_mels=20)
     assert not cached3 and fast[0].shape == want.shape and fast[0].shape[0] < first[0].shape[0]
     np.testing.assert_allclose(fast[0], want, atol=1e-5)
+    # a lower top of the mel filters: its own cache entry, the features log_mel gives with that fmax
+    narrow, cached4 = S.compute_features(clips, cfg._replace(fmax=3000.0), cache_dir=tmp_path / "cache")
+    assert not cached4
+    np.testing.assert_allclose(narrow[0], F.log_mel(wave, sr, n_mels=20, fmax=3000.0), atol=1e-5)
+    assert not np.allclose(narrow[0], first[0], atol=1e-2)
+    # with the temporal high-pass: the log-mel, then its high-pass, per frame
+    both, _ = S.compute_features(clips, cfg._replace(highpass_ms=100.0), cache_dir=tmp_path / "cache")
+    assert both[0].shape == (first[0].shape[0], cfg._replace(highpass_ms=100.0).n_features) == (len(first[0]), 40)
+    np.testing.assert_allclose(both[0][:, :20], first[0], atol=1e-5)
+    np.testing.assert_allclose(both[0][:, 20:], F.temporal_highpass(first[0], 10.0), atol=1e-4)
+
+
+def test_temporal_highpass_step_and_ramp_responses_are_the_closed_forms():
+    tau = 10.0
+    a = np.exp(-1.0 / tau)
+    step = np.zeros((40, 2))
+    step[5:, 0] = 1.0  # band 0: a step at frame 5; band 1: silence
+    out = F.temporal_highpass(step, tau)
+    np.testing.assert_allclose(out[:5], 0.0)
+    np.testing.assert_allclose(out[5:, 0], a ** np.arange(35), rtol=1e-6)  # the step decays as exp(-k / tau)
+    np.testing.assert_allclose(out[:, 1], 0.0)
+    ramp = -0.3 * np.arange(400.0)[:, None]  # a log-energy decay tail: a straight line
+    # e[t + 1] = s + a e[t]: the offset settles at s / (1 - a)
+    np.testing.assert_allclose(F.temporal_highpass(ramp, tau)[-1], -0.3 / (1 - a), rtol=1e-5)
+    with pytest.raises(ValueError, match="time constant"):
+        F.temporal_highpass(step, 0.0)
 
 
 def _brute_force_padding(frames, n_buckets, multiple, min_size):
@@ -216,6 +242,24 @@ def test_model_loss_on_a_padded_batch_equals_each_utterance_alone():
     assert float(loss) == pytest.approx(total / 4, rel=1e-5)
 
 
+def test_map_classes_takes_layers_and_the_head_columns_of_the_same_symbols():
+    source = init_acoustic_model(jax.random.key(0), 4, 5, 4, stack=2, num_layers=2)
+    fresh = init_acoustic_model(jax.random.key(1), 4, 5, 5, stack=2, num_layers=2)
+    old, new = ["", "a", "b", "c"], ["", "x", "c", "a", "y"]
+    got, n = map_classes(source, fresh, old, new)
+    assert n == 3
+    for a, b in zip(jax.tree_util.tree_leaves(got.rnn), jax.tree_util.tree_leaves(source.rnn)):
+        np.testing.assert_array_equal(a, b)
+    for j, sym in enumerate(new):  # a plain loop over the new classes
+        src, i = (source, old.index(sym)) if sym in old else (fresh, j)
+        np.testing.assert_array_equal(got.w_out[:, j], src.w_out[:, i])
+        assert float(got.b_out[j]) == float(src.b_out[i])
+    with pytest.raises(ValueError, match="shaped like the new model"):
+        map_classes(source, init_acoustic_model(jax.random.key(1), 4, 6, 5, stack=2, num_layers=2), old, new)
+    with pytest.raises(ValueError, match="one symbol per class"):
+        map_classes(source, fresh, old, new[:-1])
+
+
 def _script():
     spec = importlib.util.spec_from_file_location("experiments_speech_ctc", ROOT / "experiments" / "speech_ctc.py")
     module = importlib.util.module_from_spec(spec)
@@ -223,7 +267,7 @@ def _script():
     return module
 
 
-def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
+def test_speech_ctc_quick_on_a_generated_manifest(tmp_path, capsys):
     corpus = _write_corpus(tmp_path, 16, split_column=True)
     out = tmp_path / "out"
     with cli.fast_compile():
@@ -255,6 +299,17 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path):
         hyps.append("".join(chars[k - 1] for j, k in enumerate(best) if k and (j == 0 or k != best[j - 1])))
     assert len(post["test_refs"]) == len(post["test_lengths"]) == 4
     assert M.cer(list(post["test_refs"]), hyps) == pytest.approx(rows[("greedy", "cer", "test")])
+
+    # another "language" (c written d) starting from this run: blank, space, a and b are carried over
+    other = tmp_path / "other.tsv"
+    other.write_text(corpus.read_text().replace("C", "D"))
+    _script().main([*argv, "--manifest", str(other), "--out", str(tmp_path / "out2"), "--init-from", str(out)])
+    data2 = results.load_metrics(tmp_path / "out2" / "metrics.json")
+    assert data2["config"]["vocab"] == [" ", "a", "b", "d"] and data2["init_classes_mapped"] == 4
+    code = cli.run_main(
+        _script().main, [*argv, "--out", str(tmp_path / "out3"), "--init-from", str(out), "--stack", "2"]
+    )
+    assert code == 2 and "expected --init-from a speech_ctc model with" in capsys.readouterr().err
 
 
 def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):

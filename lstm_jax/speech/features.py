@@ -26,6 +26,7 @@ __all__ = [
     "frame_signal",
     "change_speed",
     "log_mel",
+    "temporal_highpass",
     "normalize",
     "stack_frames",
     "spec_augment",
@@ -145,6 +146,34 @@ def log_mel(
     top = sample_rate / 2.0 if fmax is None else min(fmax, sample_rate / 2.0)
     fb = mel_filterbank(n_mels, n_fft, sample_rate, fmin, top)
     return np.log(power @ fb + floor).astype(np.float32)
+
+
+def temporal_highpass(feats, tau_frames: float) -> np.ndarray:
+    """Each band minus its causal exponential moving average (time constant ``tau_frames``):
+    what is new in the last few hundred milliseconds. A slowly decaying reverberation tail is
+    followed by the average and cancels; onsets stand out (the idea of RASTA filtering,
+    Hermansky & Morgan 1994, as a one-pole high-pass on log-mel trajectories).
+
+    ``out[t] = x[t] - m[t]`` with ``m[0] = x[0]``, ``m[t + 1] = a m[t] + (1 - a) x[t]``,
+    ``a = exp(-1 / tau_frames)``.
+
+    Args:
+      feats: ``[t, m]``.
+    Returns:
+      ``[t, m]`` float32.
+    """
+    feats = np.asarray(feats, np.float64)
+    if feats.ndim != 2:
+        raise ValueError(f"expected features [t, m], got shape {feats.shape}")
+    if not tau_frames > 0:
+        raise ValueError(f"expected a time constant > 0 frames, got {tau_frames}")
+    a = float(np.exp(-1.0 / tau_frames))
+    out = np.empty_like(feats)
+    mean = feats[0].copy() if len(feats) else None
+    for t, row in enumerate(feats):
+        out[t] = row - mean
+        mean = a * mean + (1.0 - a) * row
+    return out.astype(np.float32)
 
 
 def normalize(feats, mean=None, std=None, eps: float = 1e-5):

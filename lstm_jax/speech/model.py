@@ -20,7 +20,14 @@ from lstm_jax.speech.features import spec_augment, stack_frames
 from lstm_jax.tasks.seqmodel import SeqModel, apply_seq_model
 from lstm_jax.typing import Array, PRNGKey
 
-__all__ = ["AcousticConfig", "init_acoustic_model", "acoustic_logits", "output_lengths", "make_ctc_loss"]
+__all__ = [
+    "AcousticConfig",
+    "init_acoustic_model",
+    "map_classes",
+    "acoustic_logits",
+    "output_lengths",
+    "make_ctc_loss",
+]
 
 
 class AcousticConfig(NamedTuple):
@@ -69,6 +76,38 @@ def init_acoustic_model(
     w_out = jax.random.uniform(k_out, (d, n_classes), jnp.float32, -limit, limit)
     b_out = jnp.zeros((n_classes,), jnp.float32).at[0].set(2.0)
     return SeqModel(rnn, w_out, b_out)
+
+
+def map_classes(source: SeqModel, fresh: SeqModel, source_symbols, symbols) -> tuple[SeqModel, int]:
+    """``source``'s trained weights with its head re-indexed to another class list: the start of
+    a model for another language or vocabulary (cross-lingual transfer).
+
+    Class ``j`` of the result (symbol ``symbols[j]``; ``""`` is the blank) takes the head column
+    and bias of the same symbol in ``source`` (``source_symbols``); a symbol ``source`` lacks
+    keeps ``fresh``'s. The recurrent layers are ``source``'s; they must have ``fresh``'s shapes.
+
+    Returns:
+      ``(params, number of classes taken from source)``.
+    """
+    src_shapes = [x.shape for x in jax.tree_util.tree_leaves(source.rnn)]
+    new_shapes = [x.shape for x in jax.tree_util.tree_leaves(fresh.rnn)]
+    if jax.tree_util.tree_structure(source.rnn) != jax.tree_util.tree_structure(fresh.rnn) or src_shapes != new_shapes:
+        raise ValueError(
+            f"expected source layers shaped like the new model's {new_shapes}, got {src_shapes} "
+            "(same inputs, stack, hidden size, layers, projection and cell are needed)"
+        )
+    if len(source_symbols) != source.w_out.shape[1] or len(symbols) != fresh.w_out.shape[1]:
+        raise ValueError(
+            f"expected one symbol per class, got {len(source_symbols)} for {source.w_out.shape[1]} source classes "
+            f"and {len(symbols)} for {fresh.w_out.shape[1]} new classes"
+        )
+    where = {s: i for i, s in enumerate(source_symbols)}
+    cols = jnp.asarray([where.get(s, -1) for s in symbols])
+    hit = cols >= 0
+    w = jnp.where(hit[None, :], jnp.asarray(source.w_out)[:, jnp.maximum(cols, 0)], fresh.w_out)
+    b = jnp.where(hit, jnp.asarray(source.b_out)[jnp.maximum(cols, 0)], fresh.b_out)
+    rnn = jax.tree_util.tree_map(jnp.asarray, source.rnn)
+    return SeqModel(rnn, w, b), int(hit.sum())
 
 
 def output_lengths(lengths: Array, stack: int) -> Array:

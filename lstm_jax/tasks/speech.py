@@ -133,12 +133,21 @@ def split_clips(clips: Sequence[Clip], *, fractions=(0.8, 0.1, 0.1), seed: int =
 
 class FeatureConfig(NamedTuple):
     """Log-mel settings (part of the feature cache key); ``speed``: the audio played that many
-    times as fast first (``features.change_speed``: speed perturbation of training data)."""
+    times as fast first (``features.change_speed``: speed perturbation of training data);
+    ``fmax``: the top of the mel filters in Hz (capped at Nyquist); ``highpass_ms`` > 0: each
+    frame is the log-mel followed by its ``features.temporal_highpass`` with that time constant
+    (``2 * n_mels`` values, ``n_features``)."""
 
     n_mels: int = 80
     win_ms: float = 25.0
     hop_ms: float = 10.0
     speed: float = 1.0
+    fmax: float = 8000.0
+    highpass_ms: float = 0.0
+
+    @property
+    def n_features(self) -> int:
+        return self.n_mels * (2 if self.highpass_ms else 1)
 
 
 def load_audio(path) -> tuple[np.ndarray, int]:
@@ -154,8 +163,9 @@ def load_audio(path) -> tuple[np.ndarray, int]:
 
 def _cache_key(clips: Sequence[Clip], config: FeatureConfig) -> str:
     settings = config._asdict()
-    if settings["speed"] == 1.0:
-        del settings["speed"]  # the key of a cache written before speed perturbation existed
+    for name, default in (("speed", 1.0), ("fmax", 8000.0), ("highpass_ms", 0.0)):
+        if settings[name] == default:
+            del settings[name]  # the key of a cache written before the setting existed
     h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
     for c in clips:
         st = Path(c.audio).stat()
@@ -166,7 +176,7 @@ def _cache_key(clips: Sequence[Clip], config: FeatureConfig) -> str:
 def compute_features(
     clips: Sequence[Clip], config: FeatureConfig, *, cache_dir=None, progress: bool = False
 ) -> tuple[list[np.ndarray], bool]:
-    """Log-mel ``[t_i, n_mels]`` of each clip, read from / written to ``cache_dir`` when given.
+    """Log-mel ``[t_i, config.n_features]`` of each clip, read from / written to ``cache_dir`` when given.
 
     The cache file is keyed by the feature config and every file's path, size and mtime.
     Returns ``(features, from_cache)``.
@@ -185,7 +195,10 @@ def compute_features(
         wave, rate = load_audio(c.audio)
         if config.speed != 1.0:
             wave = F.change_speed(wave, config.speed)
-        feats.append(F.log_mel(wave, rate, n_mels=config.n_mels, win_ms=config.win_ms, hop_ms=config.hop_ms))
+        mel = F.log_mel(wave, rate, n_mels=config.n_mels, win_ms=config.win_ms, hop_ms=config.hop_ms, fmax=config.fmax)
+        if config.highpass_ms:
+            mel = np.concatenate([mel, F.temporal_highpass(mel, config.highpass_ms / config.hop_ms)], axis=1)
+        feats.append(mel)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0] + [len(f) for f in feats])
