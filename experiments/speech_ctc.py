@@ -40,12 +40,12 @@ def parse(argv):
     p.add_argument("--language", choices=fillets.LANGUAGES, default="cs", help="Fish Fillets NG dialogs")
     p.add_argument("--manifest", help="TSV: audio path, transcript, optional speaker and split columns")
     p.add_argument("--cache", default=str(Path("results") / "cache" / "speech_ctc"), help="feature cache folder")
-    p.add_argument("--n-mels", type=int, default=80)
+    p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--fmax", type=float, default=8000.0, help="top of the mel filters in Hz")
     p.add_argument(
         "--highpass-ms",
         type=float,
-        default=0.0,
+        default=100.0,
         help="also feed each band minus its moving average over this many ms (0: log-mel only)",
     )
     p.add_argument("--norm", choices=("global", "utterance"), default="global", help="feature normalisation")
