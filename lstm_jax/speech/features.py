@@ -1,5 +1,5 @@
-"""Acoustic features: log-mel spectrograms and their temporal high-pass (numpy), normalisation, frame stacking and
-SpecAugment-style masking (JAX, one example; ``jax.vmap`` it over a batch).
+"""Acoustic features: log-mel spectrograms and their temporal high-pass (numpy), normalisation,
+frame stacking and SpecAugment-style masking (JAX, one example; ``jax.vmap`` it over a batch).
 
 Shapes: ``n`` samples, ``t`` frames, ``m`` mel bands, ``s`` frames stacked into one.
 
