@@ -169,7 +169,7 @@ def temporal_highpass(feats, tau_frames: float) -> np.ndarray:
         raise ValueError(f"expected a time constant > 0 frames, got {tau_frames}")
     a = float(np.exp(-1.0 / tau_frames))
     out = np.empty_like(feats)
-    mean = feats[0].copy() if len(feats) else None
+    mean = feats[0].copy() if len(feats) else np.zeros(feats.shape[1:])
     for t, row in enumerate(feats):
         out[t] = row - mean
         mean = a * mean + (1.0 - a) * row

@@ -91,7 +91,8 @@ def map_classes(source: SeqModel, fresh: SeqModel, source_symbols, symbols) -> t
     """
     src_shapes = [x.shape for x in jax.tree_util.tree_leaves(source.rnn)]
     new_shapes = [x.shape for x in jax.tree_util.tree_leaves(fresh.rnn)]
-    if jax.tree_util.tree_structure(source.rnn) != jax.tree_util.tree_structure(fresh.rnn) or src_shapes != new_shapes:
+    same_tree = str(jax.tree_util.tree_structure(source.rnn)) == str(jax.tree_util.tree_structure(fresh.rnn))
+    if not same_tree or src_shapes != new_shapes:
         raise ValueError(
             f"expected source layers shaped like the new model's {new_shapes}, got {src_shapes} "
             "(same inputs, stack, hidden size, layers, projection and cell are needed)"
