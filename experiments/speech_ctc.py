@@ -95,6 +95,8 @@ def parse(argv):
     if any(not 0.5 <= f <= 2.0 or f == 1.0 for f in args.speed_perturb):
         want = "factors in [0.5, 2] other than 1 (the recorded audio is always used)"
         p.error(f"expected --speed-perturb {want}, got {args.speed_perturb}")
+    if args.init_from and not Path(args.init_from).is_dir():
+        p.error(f"expected --init-from to be the --out folder of an earlier run, got {args.init_from!r}")
     if args.highpass_ms < 0 or not args.fmax > 0:
         p.error(f"expected --highpass-ms >= 0 and --fmax > 0, got {args.highpass_ms} and {args.fmax}")
     if not 0.0 <= args.ema < 1.0:

@@ -319,6 +319,10 @@ def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             _script().parse(["--speed-perturb", bad])
         assert exit_info.value.code == 2 and "expected --speed-perturb factors in [0.5, 2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a mistyped folder is refused, not created
+        _script().parse(["--init-from", str(tmp_path / "no_such_run")])
+    assert exit_info.value.code == 2 and "expected --init-from to be the --out folder" in capsys.readouterr().err
+    assert not (tmp_path / "no_such_run").exists()
 
 
 def test_decoder_processes_give_the_texts_of_the_serial_search():
