@@ -114,6 +114,21 @@ def test_spec_augment_zeroes_whole_bands_and_frames_inside_the_valid_length():
     assert seen_t > 5 and seen_f > 5
 
 
+def test_spec_augment_groups_mask_the_same_bands_in_every_block():
+    """A log-mel block and its high-pass block: a frequency mask hides a band in both."""
+    feats = jnp.ones((30, 24))  # 3 blocks of 8 bands
+    fn = jax.jit(lambda k: F.spec_augment(k, feats, 30, freq_masks=2, freq_width=3, time_masks=0, groups=3))
+    seen = 0
+    for s in range(20):
+        cols = np.where((np.asarray(fn(jax.random.key(s))) == 0.0).all(0))[0]
+        blocks = [set(cols[(cols >= 8 * g) & (cols < 8 * g + 8)] - 8 * g) for g in range(3)]
+        assert blocks[0] == blocks[1] == blocks[2] and len(blocks[0]) <= 6
+        seen += bool(blocks[0])
+    assert seen > 5
+    with pytest.raises(ValueError, match="dividing the 24 features"):
+        F.spec_augment(jax.random.key(0), feats, 30, groups=5)
+
+
 # --------------------------------------------------------------------------- CTC
 def _collapse(path, blank=0):
     return tuple(k for k, _ in itertools.groupby(path) if k != blank)

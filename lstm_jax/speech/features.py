@@ -216,10 +216,13 @@ def spec_augment(
     time_masks: int = 2,
     time_width: int = 40,
     time_fraction: float = 0.1,
+    groups: int = 1,
 ) -> Array:
     """SpecAugment masking (Park et al. 2019, no time warping) of ONE utterance, traceable.
 
     Each frequency mask zeroes ``w ~ U{0..freq_width}`` consecutive bands at a uniform start;
+    with ``groups`` > 1 the feature axis is that many blocks of ``m // groups`` bands (e.g. the
+    log-mel and its temporal high-pass) and a mask zeroes the same bands in every block;
     each time mask zeroes ``w ~ U{0..min(time_width, time_fraction * length)}`` frames inside
     the valid ``length``. Zero is the mean of normalised features.
 
@@ -229,13 +232,15 @@ def spec_augment(
       ``[t, m]``, same dtype.
     """
     t, m = feats.shape
+    if groups < 1 or m % groups:
+        raise ValueError(f"expected groups >= 1 dividing the {m} features, got groups={groups}")
     keys = jax.random.split(key, 2 * (freq_masks + time_masks))
-    bands = jnp.arange(m)
+    bands = jnp.arange(m) % (m // groups)
     frames = jnp.arange(t)
     keep = jnp.ones((t, m), bool)
     for i in range(freq_masks):
         w = jax.random.randint(keys[2 * i], (), 0, freq_width + 1)
-        start = jax.random.randint(keys[2 * i + 1], (), 0, jnp.maximum(m - w, 0) + 1)
+        start = jax.random.randint(keys[2 * i + 1], (), 0, jnp.maximum(m // groups - w, 0) + 1)
         keep &= ~((bands >= start) & (bands < start + w))[None, :]
     max_w = jnp.minimum(time_width, jnp.floor(time_fraction * length).astype(jnp.int32))
     for i in range(time_masks):

@@ -39,6 +39,7 @@ class AcousticConfig(NamedTuple):
     freq_width: int = 15
     time_masks: int = 2
     time_width: int = 40
+    feature_groups: int = 1  # blocks of the same bands in a frame (2: log-mel + high-pass), masked alike
     impl: str = "auto"
     compute_dtype: Optional[str] = None  # the LSTM's matmul dtype, e.g. "bfloat16" (None: float32)
 
@@ -142,6 +143,7 @@ def acoustic_logits(
             freq_width=config.freq_width,
             time_masks=config.time_masks,
             time_width=config.time_width,
+            groups=config.feature_groups,
         )
         feats = jax.vmap(augment)(keys, feats, lengths)
     xs = stack_frames(feats, config.stack)
