@@ -6,6 +6,7 @@ and greedy / prefix beam search decoding with a character n-gram LM, against tri
     python experiments/speech_ctc.py --manifest corpus.tsv    # your own: audio<TAB>text[<TAB>speaker[<TAB>split]]
     python experiments/speech_ctc.py --quick --manifest corpus.tsv
     python experiments/speech_ctc.py --language nl --init-from results/speech_ctc   # start from a Czech run
+    python experiments/speech_ctc.py --language nl --with-language cs   # train on the Czech dialogs too
 
 Data: Debian ``fillets-ng-data`` + ``fillets-ng-data-cs`` / ``-nl`` (split by game level), or a
 TSV manifest of WAV/Ogg/FLAC files (read with ``soundfile``). Features are cached in ``--cache``.
@@ -24,7 +25,6 @@ import numpy as np
 
 from lstm_jax.checkpoint import CheckpointStore
 from lstm_jax.datasets import DatasetError
-from lstm_jax.speech import features as F
 from lstm_jax.speech import metrics as M
 from lstm_jax.speech.lm import SMOOTHING, CharNgramLM
 from lstm_jax.speech.model import AcousticConfig, init_acoustic_model, map_classes, output_lengths
@@ -39,6 +39,13 @@ def parse(argv):
     p = cli.make_parser("speech_ctc", __doc__.splitlines()[0])
     p.add_argument("--language", choices=fillets.LANGUAGES, default="cs", help="Fish Fillets NG dialogs")
     p.add_argument("--manifest", help="TSV: audio path, transcript, optional speaker and split columns")
+    p.add_argument(
+        "--with-language",
+        action="append",
+        choices=fillets.LANGUAGES,
+        default=[],
+        help="also train on these Fish Fillets dialogs (repeatable; their levels in this corpus's dev/test left out)",
+    )
     p.add_argument("--cache", default=str(Path("results") / "cache" / "speech_ctc"), help="feature cache folder")
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--fmax", type=float, default=8000.0, help="top of the mel filters in Hz")
@@ -64,6 +71,11 @@ def parse(argv):
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--proj", type=int, default=0, help="LSTMP projection size (0: plain LSTM)")
     p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument(
+        "--freq-width",
+        type=int,
+        help="SpecAugment: widest of the 2 frequency masks in mel bands, the high-pass masked alike (default: 15 per 80)",
+    )
     p.add_argument(
         "--compute-dtype",
         choices=("float32", "bfloat16"),
@@ -95,10 +107,16 @@ def parse(argv):
     if any(not 0.5 <= f <= 2.0 or f == 1.0 for f in args.speed_perturb):
         want = "factors in [0.5, 2] other than 1 (the recorded audio is always used)"
         p.error(f"expected --speed-perturb {want}, got {args.speed_perturb}")
+    if not args.manifest and args.language in args.with_language:
+        p.error(f"expected --with-language other than --language {args.language}, got {args.with_language}")
     if args.init_from and not Path(args.init_from).is_dir():
         p.error(f"expected --init-from to be the --out folder of an earlier run, got {args.init_from!r}")
     if args.highpass_ms < 0 or not args.fmax > 0:
         p.error(f"expected --highpass-ms >= 0 and --fmax > 0, got {args.highpass_ms} and {args.fmax}")
+    if args.freq_width is None:
+        args.freq_width = round(15 * args.n_mels / 80)
+    if not 0 <= args.freq_width <= args.n_mels:
+        p.error(f"expected --freq-width in [0, --n-mels {args.n_mels}], got {args.freq_width}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"expected --ema in [0, 1), got {args.ema}")
     if args.decode_workers < 1:
@@ -171,6 +189,17 @@ def load_corpus(args):
     return S.split_clips(clips, seed=args.split_seed)
 
 
+def load_extra(args, splits) -> list:
+    """The clips of the ``--with-language`` corpora to train on as well: every level but those of
+    ``splits``' dev and test (the same scenes, spoken in another language)."""
+    held_out = {c.group for s in ("dev", "test") for c in splits[s]}
+    extra = []
+    for language in args.with_language:
+        clips = [c._replace(text=S.normalize_text(c.text)) for c in fillets.load_fillets(language)]
+        extra += [c for c in clips if c.text and c.group not in held_out]
+    return extra[:64] if args.quick else extra
+
+
 def run(args):
     if args.quick:
         args.hidden, args.layers, args.updates, args.buckets, args.eval_every = 16, 1, 6, 1, 3
@@ -185,15 +214,11 @@ def run(args):
     feats, cached = S.compute_features(everything, fcfg, cache_dir=args.cache, progress=not args.no_progress)
     offsets = np.cumsum([0] + [len(splits[s]) for s in S.SPLITS])
     raw = {s: feats[a:b] for s, a, b in zip(S.SPLITS, offsets[:-1], offsets[1:])}
-    if args.norm == "global":  # the statistics of the training audio as recorded
-        stacked = np.concatenate(raw["train"])
-        mean, std = stacked.mean(0), stacked.std(0)
-    else:
-        mean = std = None  # each utterance its own
-    normalize = lambda fs: [F.normalize(f, mean, std) for f in fs]  # noqa: E731
+    normalize = ST.make_normalizer(raw["train"], args.norm)  # the statistics of the training audio as recorded
     norm = {s: normalize(v) for s, v in raw.items()}
     texts = {s: [c.text for c in splits[s]] for s in S.SPLITS}
-    vocab = S.Vocab(texts["train"])
+    extra = load_extra(args, splits)
+    vocab = S.Vocab(texts["train"] + [c.text for c in extra])
     data = {s: ST.make_split(norm[s], texts[s], vocab, fcfg.hop_ms) for s in S.SPLITS}
     # the training utterances as recorded (the LM's text, the training CER), then one more copy at each speed
     train = as_recorded = ST.take(data["train"], trainable(data["train"], args, fcfg.hop_ms))
@@ -202,7 +227,12 @@ def run(args):
         fs, _ = S.compute_features(splits["train"], fcfg_s, cache_dir=args.cache, progress=not args.no_progress)
         copy = ST.make_split(normalize(fs), texts["train"], vocab, fcfg.hop_ms)
         train = ST.concat(train, ST.take(copy, trainable(copy, args, fcfg.hop_ms)))
-    max_labels = max(len(lab) for s in S.SPLITS for lab in data[s].labels) or 1
+    n_with_speeds = len(train.texts)
+    if extra:  # each corpus normalised by its own statistics
+        fs, _ = S.compute_features(extra, fcfg, cache_dir=args.cache, progress=not args.no_progress)
+        other = ST.make_split(ST.make_normalizer(fs, args.norm)(fs), [c.text for c in extra], vocab, fcfg.hop_ms)
+        train = ST.concat(train, ST.take(other, trainable(other, args, fcfg.hop_ms)))
+    max_labels = max(len(lab) for lab in train.labels + [x for s in S.SPLITS for x in data[s].labels]) or 1
     buckets = S.make_buckets([len(f) for f in train.feats], args.buckets, args.stack, min_size=args.batch_size)
     longest = -(-max(len(f) for s in S.SPLITS for f in data[s].feats) // args.stack) * args.stack
     eval_lengths = buckets.lengths + [longest] * (
@@ -218,7 +248,9 @@ def run(args):
         + f", {args.norm} normalisation, {args.stack} frames stacked",
         n_utterances={s: len(splits[s]) for s in S.SPLITS},
         n_train_used=len(as_recorded.texts),
-        n_train_with_speeds=len(train.texts),
+        n_train_with_speeds=n_with_speeds,
+        n_train_other_languages=len(train.texts) - n_with_speeds,
+        hours_other_languages=float(train.seconds[n_with_speeds:].sum() / 3600),
         hours=hours,
         n_speakers=len({c.speaker for s in S.SPLITS for c in splits[s]}),
         groups={s: sorted({c.group for c in splits[s]}) for s in S.SPLITS},
@@ -238,7 +270,10 @@ def run(args):
 
     # ---- the acoustic model
     compute_dtype = None if args.compute_dtype == "float32" else args.compute_dtype
-    acfg = AcousticConfig(stack=args.stack, dropout=args.dropout, impl=args.impl, compute_dtype=compute_dtype)
+    acfg = AcousticConfig(
+        stack=args.stack, dropout=args.dropout, impl=args.impl, compute_dtype=compute_dtype, freq_width=args.freq_width,
+        feature_groups=fcfg.n_features // args.n_mels,  # the high-pass block is masked with its bands
+    )  # fmt: skip
     params = init_model(args, vocab.size)
     if args.init_from:
         params, res.extra["init_classes_mapped"] = transfer(args, params, vocab)

@@ -185,6 +185,21 @@ def _brute_force_padding(frames, n_buckets, multiple, min_size):
     return best
 
 
+def test_make_normalizer_global_and_per_utterance_statistics():
+    rng = np.random.default_rng(0)
+    train = [rng.normal(3.0, 2.0, (n, 4)) for n in (5, 9, 13)]
+    pooled = np.concatenate(ST.make_normalizer(train, "global")(train))  # pooled frames, not utterance means
+    np.testing.assert_allclose(pooled.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(pooled.std(0), 1.0, atol=1e-4)
+    other = [rng.normal(-1.0, 0.5, (7, 4))]
+    want = (other[0] - np.concatenate(train).mean(0)) / np.concatenate(train).std(0)
+    np.testing.assert_allclose(ST.make_normalizer(train)(other)[0], want, rtol=1e-4, atol=1e-4)
+    for z in ST.make_normalizer(train, "utterance")(other + train):
+        np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="expected norm 'global' or 'utterance'"):
+        ST.make_normalizer(train, "speaker")
+
+
 def test_padding_buckets_match_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(150):
@@ -267,7 +282,7 @@ def _script():
     return module
 
 
-def test_speech_ctc_quick_on_a_generated_manifest(tmp_path, capsys):
+def test_speech_ctc_quick_on_a_generated_manifest(tmp_path, capsys, monkeypatch):
     corpus = _write_corpus(tmp_path, 16, split_column=True)
     out = tmp_path / "out"
     with cli.fast_compile():
@@ -306,6 +321,13 @@ def test_speech_ctc_quick_on_a_generated_manifest(tmp_path, capsys):
     _script().main([*argv, "--manifest", str(other), "--out", str(tmp_path / "out2"), "--init-from", str(out)])
     data2 = results.load_metrics(tmp_path / "out2" / "metrics.json")
     assert data2["config"]["vocab"] == [" ", "a", "b", "d"] and data2["init_classes_mapped"] == 4
+    # trained with that "language" too: its clips of this corpus's dev/test groups are left out
+    monkeypatch.setattr(fillets, "load_fillets", lambda language: S.read_manifest(other))
+    _script().main([*argv, "--out", str(tmp_path / "out4"), "--with-language", "nl"])
+    data4 = results.load_metrics(tmp_path / "out4" / "metrics.json")
+    extra_train = [c for c in S.read_manifest(other) if c.group == "train"]
+    assert data4["config"]["n_train_other_languages"] == len(extra_train) == 8
+    assert data4["config"]["vocab"] == [" ", "a", "b", "c", "d"] and data4["config"]["n_train_used"] == 8
     code = cli.run_main(
         _script().main, [*argv, "--out", str(tmp_path / "out3"), "--init-from", str(out), "--stack", "2"]
     )
@@ -323,6 +345,13 @@ def test_speech_ctc_bad_manifest_is_one_line_exit_code_2(tmp_path, capsys):
         _script().parse(["--init-from", str(tmp_path / "no_such_run")])
     assert exit_info.value.code == 2 and "expected --init-from to be the --out folder" in capsys.readouterr().err
     assert not (tmp_path / "no_such_run").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        _script().parse(["--language", "nl", "--with-language", "nl"])
+    assert exit_info.value.code == 2 and "expected --with-language other than --language nl" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        _script().parse(["--n-mels", "40", "--freq-width", "41"])
+    assert exit_info.value.code == 2 and "expected --freq-width in [0, --n-mels 40], got 41" in capsys.readouterr().err
+    assert _script().parse(["--n-mels", "80"]).freq_width == 15  # SpecAugment's width per 80 bands
 
 
 def test_decoder_processes_give_the_texts_of_the_serial_search():

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from lstm_jax.speech import ctc
+from lstm_jax.speech import features as F
 from lstm_jax.speech import metrics as M
 from lstm_jax.speech.lm import CharNgramLM
 from lstm_jax.speech.model import AcousticConfig, acoustic_logits, make_ctc_loss
@@ -22,6 +23,7 @@ from lstm_jax.tasks.speech import Buckets, Vocab
 __all__ = [
     "Split",
     "make_split",
+    "make_normalizer",
     "take",
     "concat",
     "pad_batch",
@@ -48,6 +50,18 @@ def make_split(feats: Sequence[np.ndarray], texts: Sequence[str], vocab: Vocab, 
     return Split(
         list(feats), list(texts), [vocab.encode(t) for t in texts], np.array([len(f) * hop_ms / 1000.0 for f in feats])
     )
+
+
+def make_normalizer(train_feats: Sequence[np.ndarray], norm: str = "global"):
+    """``fn(feats list) -> normalised list``: mean/variance per band from ``train_feats``
+    (``norm="global"``, global CMVN) or from each utterance itself (``"utterance"``)."""
+    if norm == "utterance":
+        return lambda fs: [F.normalize(f) for f in fs]
+    if norm != "global":
+        raise ValueError(f"expected norm 'global' or 'utterance', got {norm!r}")
+    stacked = np.concatenate(list(train_feats))
+    mean, std = stacked.mean(0), stacked.std(0)
+    return lambda fs: [F.normalize(f, mean, std) for f in fs]
 
 
 def take(split: Split, idx: Sequence[int]) -> Split:
