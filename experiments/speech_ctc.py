@@ -72,9 +72,12 @@ def parse(argv):
     p.add_argument("--proj", type=int, default=0, help="LSTMP projection size (0: plain LSTM)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument(
-        "--freq-width",
-        type=int,
-        help="SpecAugment: widest of the 2 frequency masks in mel bands, the high-pass masked alike (default: 15 per 80)",
+        "--freq-width", type=int, default=15, help="SpecAugment: widest of the 2 frequency masks, in feature columns"
+    )
+    p.add_argument(
+        "--mask-bands",
+        action="store_true",
+        help="a frequency mask hides the same mel bands of the log-mel and of its high-pass (--freq-width in bands)",
     )
     p.add_argument(
         "--compute-dtype",
@@ -113,10 +116,9 @@ def parse(argv):
         p.error(f"expected --init-from to be the --out folder of an earlier run, got {args.init_from!r}")
     if args.highpass_ms < 0 or not args.fmax > 0:
         p.error(f"expected --highpass-ms >= 0 and --fmax > 0, got {args.highpass_ms} and {args.fmax}")
-    if args.freq_width is None:
-        args.freq_width = round(15 * args.n_mels / 80)
-    if not 0 <= args.freq_width <= args.n_mels:
-        p.error(f"expected --freq-width in [0, --n-mels {args.n_mels}], got {args.freq_width}")
+    columns = args.n_mels * (2 if args.highpass_ms and not args.mask_bands else 1)
+    if not 0 <= args.freq_width <= columns:
+        p.error(f"expected --freq-width in [0, {columns}] (the bands masked), got {args.freq_width}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"expected --ema in [0, 1), got {args.ema}")
     if args.decode_workers < 1:
@@ -272,7 +274,7 @@ def run(args):
     compute_dtype = None if args.compute_dtype == "float32" else args.compute_dtype
     acfg = AcousticConfig(
         stack=args.stack, dropout=args.dropout, impl=args.impl, compute_dtype=compute_dtype, freq_width=args.freq_width,
-        feature_groups=fcfg.n_features // args.n_mels,  # the high-pass block is masked with its bands
+        feature_groups=fcfg.n_features // args.n_mels if args.mask_bands else 1,
     )  # fmt: skip
     params = init_model(args, vocab.size)
     if args.init_from:
