@@ -118,7 +118,8 @@ def parse(argv):
         p.error(f"expected --highpass-ms >= 0 and --fmax > 0, got {args.highpass_ms} and {args.fmax}")
     columns = args.n_mels * (2 if args.highpass_ms and not args.mask_bands else 1)
     if not 0 <= args.freq_width <= columns:
-        p.error(f"expected --freq-width in [0, {columns}] (the bands masked), got {args.freq_width}")
+        unit = "mel bands" if columns == args.n_mels else "feature columns"
+        p.error(f"expected --freq-width in [0, {columns}] ({unit}), got {args.freq_width}")
     if not 0.0 <= args.ema < 1.0:
         p.error(f"expected --ema in [0, 1), got {args.ema}")
     if args.decode_workers < 1:
