@@ -116,7 +116,7 @@ def parse(argv):
         p.error(f"expected --init-from to be the --out folder of an earlier run, got {args.init_from!r}")
     if args.highpass_ms < 0 or not args.fmax > 0:
         p.error(f"expected --highpass-ms >= 0 and --fmax > 0, got {args.highpass_ms} and {args.fmax}")
-    columns = args.n_mels * (2 if args.highpass_ms and not args.mask_bands else 1)
+    columns = args.n_mels if args.mask_bands else feature_config(args).n_features
     if not 0 <= args.freq_width <= columns:
         unit = "mel bands" if columns == args.n_mels else "feature columns"
         p.error(f"expected --freq-width in [0, {columns}] ({unit}), got {args.freq_width}")
